@@ -1,0 +1,138 @@
+"""Reward registry: a name maps to a loader; heavy imports live inside each loader.
+
+A reward is any ``torch.nn.Module`` subclass of :class:`RewardModel`: it takes frames as a float tensor in
+[0, 1] of shape (B, T, 3, H, W) and a list of B prompts, and returns one differentiable score per video.
+Image rewards (``kind == "image"``) average over frames; video rewards (``kind == "video"``) see the clip
+(``num_frames`` evenly strided frames, chosen by the caller with :func:`strided_frame_indices`).
+
+Register your own with :func:`register_reward`, or pass ``module.path:factory`` as the name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import UnknownRewardError
+
+RewardKind = Literal["image", "video"]
+
+
+class RewardModel(nn.Module):
+    """Base class. Subclasses set ``kind`` and ``num_frames`` and implement :meth:`forward`."""
+
+    kind: RewardKind = "image"
+    #: frames a video reward expects (None = any number; image rewards: None)
+    num_frames: int | None = None
+
+    def forward(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str
+    loader: Callable[..., RewardModel]
+    kind: RewardKind
+    description: str
+
+
+_REGISTRY: dict[str, RewardSpec] = {}
+_BUILTINS_LOADED = False
+
+
+def register_reward(name: str, kind: RewardKind, description: str = ""):
+    """Decorator: register ``loader(checkpoint=None, device='cpu', dtype=torch.float32, **options) -> RewardModel``."""
+
+    def deco(fn: Callable[..., RewardModel]) -> Callable[..., RewardModel]:
+        _REGISTRY[name] = RewardSpec(name=name, loader=fn, kind=kind, description=description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+# Modules that register built-in rewards; a missing module (not written yet / optional) is skipped.
+_BUILTIN_MODULES = (
+    "t2vturbo.rewards.toy",
+    "t2vturbo.rewards.tiny",
+    "t2vturbo.rewards.hpsv2",
+    "t2vturbo.rewards.clip",
+    "t2vturbo.rewards.pickscore",
+    "t2vturbo.rewards.viclip",
+    "t2vturbo.rewards.internvideo2",
+)
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    for mod in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as err:
+            if err.name != mod:
+                raise
+
+
+def available_rewards() -> dict[str, RewardSpec]:
+    """All registered rewards, built-ins included."""
+    _load_builtins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def reward_spec(name: str) -> RewardSpec:
+    """The spec for ``name`` (registry name or ``module:factory``), without loading weights."""
+    _load_builtins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise UnknownRewardError(f"cannot import reward factory {name}: {err}") from None
+        kind = getattr(factory, "kind", None) or "image"
+        return RewardSpec(name=name, loader=factory, kind=kind, description=f"user factory {name}")
+    known = ", ".join(sorted(_REGISTRY))
+    raise UnknownRewardError(f"unknown reward '{name}'; known rewards: {known} (or give module.path:factory)")
+
+
+def load_reward(
+    name: str,
+    checkpoint: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **options,
+) -> RewardModel:
+    """Build a reward by registry name (or ``module:factory``), frozen, in eval mode, on ``device``.
+
+    Args:
+        name: registry name such as ``hpsv2.1`` or ``viclip``, or ``package.module:factory``.
+        checkpoint: explicit weight path; else the loader looks in the HF cache, else raises MissingWeightError.
+        device, dtype: where the reward runs.
+        options: loader-specific options (e.g. a smaller architecture for tests).
+    """
+    spec = reward_spec(name)
+    model = spec.loader(checkpoint=checkpoint, device=device, dtype=dtype, **options)
+    if not isinstance(model, nn.Module):
+        raise UnknownRewardError(f"reward factory {name} returned {type(model).__name__}, expected a torch.nn.Module")
+    if not hasattr(model, "kind"):
+        model.kind = spec.kind
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device=device)
+
+
+def strided_frame_indices(total: int, n: int) -> list[int]:
+    """``n`` evenly strided frame indices out of ``total`` (all of them when ``total <= n``)."""
+    if n is None or total <= n:
+        return list(range(total))
+    step = total / n
+    return [int(i * step) for i in range(n)]

@@ -1,0 +1,212 @@
+"""The student: the teacher's own UNet + a peft LoRA adapter + a guidance projection (``time_cond_proj``).
+
+The teacher is the same module with the adapter disabled and no ``timestep_cond`` (so no guidance embedding):
+there is never a second copy of the UNet in memory.
+
+A saved student is a folder (or a single ``.safetensors`` with a ``.json`` beside it) holding:
+- ``student.safetensors``: peft LoRA keys (``<module>.lora_A.weight`` / ``<module>.lora_B.weight``, as
+  ``peft.get_peft_model_state_dict`` names them) plus ``time_embedding.cond_proj.weight`` [C0, 256];
+- ``student.json``: ``{"format": "t2vturbo-student", "version": 1, "base_model", "lora": {...},
+  "guidance_embed_dim", "schedule": {...}, "default_guidance", "default_steps", "fps"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .safeio import atomic_path, load_weights
+
+ADAPTER = "default"
+STUDENT_FILE = "student.safetensors"
+STUDENT_META = "student.json"
+GUIDANCE_KEY = "time_embedding.cond_proj.weight"
+FORMAT_NAME = "t2vturbo-student"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters (paper: rank 32 MS / 64 VC2, alpha = rank, dropout 0.1)."""
+
+    rank: int = 32
+    alpha: float | None = None  # None = rank (scale 1, as the official release)
+    dropout: float = 0.0
+    #: "all" = every nn.Linear / nn.Conv2d / nn.Conv3d of the UNet (the official release's choice),
+    #: or a list of module names / name suffixes
+    target_modules: str | list[str] = "all"
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+
+
+def lora_target_names(unet: nn.Module) -> list[str]:
+    """Names of every module whose exact class is Linear, Conv2d or Conv3d (the official T2V-Turbo choice)."""
+    names = []
+    for name, mod in unet.named_modules():
+        if type(mod) in (nn.Linear, nn.Conv2d, nn.Conv3d) and not name.endswith("cond_proj") \
+                and not name.startswith("fps_embedding"):
+            names.append(name)
+    return names
+
+
+def _module_dims(mod: nn.Module) -> tuple[int, int]:
+    if isinstance(mod, nn.Linear):
+        return mod.in_features, mod.out_features
+    return mod.in_channels, mod.out_channels
+
+
+def resolve_lora_config(unet: nn.Module, lora: LoraSettings):
+    """A peft LoraConfig for ``unet``: explicit targets, rank min(r, in, out) per module as the official files."""
+    from peft import LoraConfig
+
+    modules = dict(unet.named_modules())
+    if lora.target_modules == "all":
+        targets = lora_target_names(unet)
+    else:
+        wanted = [lora.target_modules] if isinstance(lora.target_modules, str) else list(lora.target_modules)
+        targets = [n for n in lora_target_names(unet) if any(n == w or n.endswith("." + w) for w in wanted)]
+        if not targets:
+            raise CheckpointError(f"lora.target_modules {wanted} match no Linear/Conv module of the UNet")
+    rank_pattern = dict(lora.rank_pattern)
+    alpha = lora.alpha if lora.alpha is not None else lora.rank
+    alpha_pattern = {}
+    for name in targets:
+        cin, cout = _module_dims(modules[name])
+        r = min(rank_pattern.get(name, lora.rank), cin, cout)
+        if r != lora.rank:
+            rank_pattern[name] = r
+            if lora.alpha is None:
+                alpha_pattern[name] = r
+    # Anchor names so that "conv_in" never also matches "...resnets.0.conv_in".
+    return LoraConfig(
+        r=lora.rank, lora_alpha=alpha, lora_dropout=lora.dropout, init_lora_weights=True,
+        target_modules=targets,
+        rank_pattern={f"^{k}$": v for k, v in rank_pattern.items()},
+        alpha_pattern={f"^{k}$": v for k, v in alpha_pattern.items()},
+    )
+
+
+def add_guidance_projection(unet: nn.Module, embed_dim: int = 256, init: str = "zeros", seed: int = 0) -> nn.Linear:
+    """Give ``unet.time_embedding`` a ``cond_proj`` Linear(embed_dim -> C0, no bias) (diffusers' ``time_cond_proj``).
+
+    ``init="zeros"`` makes the fresh student equal the teacher; ``"kaiming"`` reproduces nn.Linear's default
+    init from ``seed`` (the official release's never-trained projection).
+    """
+    te = unet.time_embedding
+    c0 = te.linear_1.in_features
+    param = next(unet.parameters())
+    proj = nn.Linear(embed_dim, c0, bias=False)
+    if init == "zeros":
+        nn.init.zeros_(proj.weight)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1.0 / embed_dim**0.5  # nn.Linear default: kaiming_uniform(a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in))
+        with torch.no_grad():
+            proj.weight.copy_(torch.rand(proj.weight.shape, generator=gen) * 2 * bound - bound)
+    te.cond_proj = proj.to(device=param.device, dtype=param.dtype)
+    te.cond_proj.requires_grad_(True)
+    return te.cond_proj
+
+
+def make_student(unet: nn.Module, lora: LoraSettings, guidance_embed_dim: int = 256) -> nn.Module:
+    """Turn the teacher UNet into the student in place: LoRA adapter + guidance projection (both trainable)."""
+    from peft import inject_adapter_in_model
+
+    unet.requires_grad_(False)
+    inject_adapter_in_model(resolve_lora_config(unet, lora), unet, adapter_name=ADAPTER)
+    if getattr(unet.time_embedding, "cond_proj", None) is None:
+        add_guidance_projection(unet, guidance_embed_dim)
+    for name, p in unet.named_parameters():
+        p.requires_grad_("lora_" in name or name == GUIDANCE_KEY)
+    unet._t2vturbo_lora = asdict(lora)
+    return unet
+
+
+def trainable_parameters(unet: nn.Module) -> list[nn.Parameter]:
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def set_adapter_enabled(unet: nn.Module, enabled: bool) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for mod in unet.modules():
+        if isinstance(mod, BaseTunerLayer):
+            mod.enable_adapters(enabled)
+
+
+@contextlib.contextmanager
+def teacher_mode(unet: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the UNet is the teacher: adapters off (call it with ``timestep_cond=None``)."""
+    set_adapter_enabled(unet, False)
+    try:
+        yield unet
+    finally:
+        set_adapter_enabled(unet, True)
+
+
+def student_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """LoRA weights (peft names, adapter name stripped) plus the guidance projection."""
+    from peft import get_peft_model_state_dict
+
+    sd = dict(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+    sd[GUIDANCE_KEY] = unet.time_embedding.cond_proj.weight
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def save_student(unet: nn.Module, folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Atomically write ``folder`` with student.safetensors + student.json."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    info = {"format": FORMAT_NAME, "version": 1, "lora": getattr(unet, "_t2vturbo_lora", None), **meta}
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file(student_state_dict(unet), str(tmp / STUDENT_FILE), metadata={"format": FORMAT_NAME})
+        (tmp / STUDENT_META).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return folder
+
+
+def read_student(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a saved student (folder, or .safetensors with an optional .json beside it)."""
+    path = Path(path)
+    if path.is_dir():
+        wfile, mfile = path / STUDENT_FILE, path / STUDENT_META
+    else:
+        wfile, mfile = path, path.with_suffix(".json")
+    if not wfile.is_file():
+        raise CheckpointError(f"no student weights at {wfile}; pass a folder written by `t2vturbo distill`")
+    meta = json.loads(mfile.read_text()) if mfile.is_file() else {}
+    return load_weights(wfile), meta
+
+
+def load_student_weights(unet: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
+    """Make ``unet`` a student shaped by ``meta['lora']`` and load ``state`` into it (strict on LoRA keys)."""
+    from peft import set_peft_model_state_dict
+
+    lora_meta = dict(meta.get("lora") or {})
+    ranks = {k.rsplit(".lora_A", 1)[0]: v.shape[0] for k, v in state.items() if ".lora_A." in k}
+    if not ranks:
+        raise CheckpointError("student file has no LoRA weights (no '*.lora_A.weight' keys)")
+    base_rank = lora_meta.get("rank") or max(ranks.values())
+    lora = LoraSettings(
+        rank=int(base_rank), alpha=lora_meta.get("alpha"), dropout=0.0, target_modules=sorted(ranks),
+        rank_pattern={k: r for k, r in ranks.items() if r != base_rank},
+    )
+    gdim = state[GUIDANCE_KEY].shape[1] if GUIDANCE_KEY in state else int(meta.get("guidance_embed_dim", 256))
+    make_student(unet, lora, gdim)
+    lora_state = {k: v for k, v in state.items() if "lora_" in k}
+    result = set_peft_model_state_dict(unet, lora_state, adapter_name=ADAPTER)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise CheckpointError(f"student file does not fit this UNet: unexpected key {unexpected[0]}")
+    if GUIDANCE_KEY in state:
+        with torch.no_grad():
+            unet.time_embedding.cond_proj.weight.copy_(state[GUIDANCE_KEY])
+    unet.requires_grad_(False)
+    return unet

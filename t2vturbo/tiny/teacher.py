@@ -1,0 +1,135 @@
+"""Architecture of the tiny teacher (ModelScope family at small width) and its offline word-level tokenizer."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+TINY_WEIGHTS_DIR = Path(__file__).parent / "weights"
+TEACHER_DIR = TINY_WEIGHTS_DIR / "teacher"
+
+FRAMES, HEIGHT, WIDTH, FPS = 8, 64, 64, 8
+
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+#: every word a caption of the tiny world uses; other words fall back to characters
+WORDS = ("a", "moving", *COLOURS, *SHAPES, *DIRECTIONS)
+
+UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    block_out_channels=(64, 128),
+    layers_per_block=1,
+    norm_num_groups=16,
+    cross_attention_dim=64,
+    attention_head_dim=16,
+)
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=16,
+    sample_size=64,
+)
+TEXT_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=16,
+    projection_dim=64,
+)
+SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+def write_tiny_tokenizer(folder: Path) -> None:
+    """Write a CLIP BPE tokenizer (vocab.json + merges.txt) whose merges make each tiny-world word one token.
+
+    Letters are in the vocabulary too, so any lower-case prompt tokenizes (unknown words become characters).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab: list[str] = ["!"]  # pad token, as in the laion tokenizers
+    vocab += letters + [ch + "</w>" for ch in letters]
+    merges: list[str] = []
+    for word in WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        cur = pieces[0]
+        for nxt in pieces[1:]:
+            merged = cur + nxt
+            if f"{cur} {nxt}" not in merges:
+                merges.append(f"{cur} {nxt}")
+            if merged not in vocab:
+                vocab.append(merged)
+            cur = merged
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, indent=0))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "model_max_length": TEXT_CONFIG["max_position_embeddings"], "pad_token": "!",
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "do_lower_case": True, "tokenizer_class": "CLIPTokenizer",
+    }))
+
+
+def load_tiny_tokenizer():
+    from transformers import CLIPTokenizer
+
+    if (TEACHER_DIR / "tokenizer" / "vocab.json").is_file():
+        return CLIPTokenizer.from_pretrained(TEACHER_DIR / "tokenizer")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny_tokenizer(Path(tmp))
+        return CLIPTokenizer.from_pretrained(tmp)
+
+
+def build_tiny_teacher(seed: int = 0):
+    """The tiny teacher's architecture with random weights from ``seed`` (no files read)."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..models import TeacherParts, scaled_linear_alphas_cumprod
+
+    tokenizer = load_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet3DConditionModel(**UNET_CONFIG)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        text_cfg = CLIPTextConfig(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG,
+        )
+        text_encoder = CLIPTextModel(text_cfg)
+    return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        alphas_cumprod=scaled_linear_alphas_cumprod(), name="tiny", vae_scale=1.0)
+
+
+def load_tiny_teacher():
+    """The shipped trained tiny teacher if its weights are in the package, else the random-init one."""
+    if (TEACHER_DIR / "unet" / "config.json").is_file():
+        from ..models import load_diffusers_teacher
+
+        parts = load_diffusers_teacher(str(TEACHER_DIR))
+        parts.name = "tiny"
+        return parts
+    return build_tiny_teacher()
