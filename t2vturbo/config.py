@@ -1,0 +1,348 @@
+"""Recipes: YAML mapped onto typed dataclasses, with ``a.b=value`` overrides from the command line.
+
+Unknown keys, wrong types and missing files are rejected with one line naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    #: "tiny" (embedded), a diffusers-layout folder, or a hub id in the local HF cache
+    teacher: str = "tiny"
+    #: compute dtype of the frozen base weights: float32, bfloat16, float16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: "auto" = cuda if available else cpu
+    device: str = "auto"
+
+
+@dataclass
+class VideoConfig:
+    frames: int = 16
+    height: int = 256
+    width: int = 256
+    #: frame rate; also fed to fps-conditioned teachers (VideoCrafter2)
+    fps: int = 8
+
+    def __post_init__(self):
+        for name in ("frames", "height", "width", "fps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"video.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 32
+    #: None = rank (scale 1, as the official release)
+    alpha: float | None = None
+    dropout: float = 0.1
+    #: "all" = every Linear/Conv2d/Conv3d of the UNet, or a list of module names
+    target_modules: str | list[str] = "all"
+
+
+@dataclass
+class DistillConfig:
+    #: N: DDIM solver grid size
+    num_ddim_timesteps: int = 50
+    #: k: the solver skips this many training timesteps per step
+    skip: int = 20
+    w_min: float = 5.0
+    w_max: float = 15.0
+    loss: Literal["huber", "l2"] = "huber"
+    huber_c: float = 0.001
+    #: "online": target from the student under no_grad (the reference); "ema": an EMA copy of the LoRA weights
+    target: Literal["online", "ema"] = "online"
+    ema_decay: float = 0.95
+    guidance_embed_dim: int = 256
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        if self.w_min > self.w_max:
+            raise ConfigError(f"distill.w_min ({self.w_min}) is above distill.w_max ({self.w_max})")
+        if self.num_train_timesteps % self.num_ddim_timesteps:
+            raise ConfigError("distill.num_ddim_timesteps must divide distill.num_train_timesteps")
+
+
+@dataclass
+class RewardConfig:
+    #: registry name (hpsv2.1, viclip, internvideo2, tiny-image, ...) or module.path:factory
+    name: str = ""
+    #: beta: the loss subtracts weight * reward
+    weight: float = 1.0
+    #: explicit weight file (else the HF cache, else a clear error)
+    checkpoint: str | None = None
+    #: image rewards: M random frames decoded; video rewards: frames evenly strided (None = the reward's own)
+    frames: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name:
+            raise ConfigError("rewards[].name is required")
+
+
+@dataclass
+class DataConfig:
+    #: "tiny-world" (procedural, embedded) or "folder" (videos + captions CSV/JSONL)
+    source: Literal["tiny-world", "folder"] = "tiny-world"
+    #: folder of videos (source: folder)
+    path: str | None = None
+    #: CSV or JSONL with columns path, caption (relative to data.path); default: data.path/captions.{csv,jsonl}
+    captions: str | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 10000
+    seed: int = 0
+    batch_size: int = 1
+    learning_rate: float = 1e-5
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    #: "adamw" or "adamw8bit" (needs bitsandbytes on CUDA)
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    #: a non-finite loss skips the step; this many in a row stop the run (with a checkpoint)
+    max_nonfinite: int = 10
+    #: VAE-decode at most this many frames at once (0 = all) in the reward branch
+    decode_chunk: int = 0
+    #: torch CPU threads (0 = torch's default)
+    num_threads: int = 0
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclass
+class SampleConfig:
+    """Videos written at the end of a run (and the defaults of `t2vturbo sample` for this student)."""
+
+    prompts: list[str] = field(default_factory=list)
+    steps: int = 4
+    guidance: float = 7.5
+    seed: int = 0
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    rewards: list[RewardConfig] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    #: where metrics, checkpoints and the student go (the CLI's --output-dir wins)
+    output_dir: str = "runs/distill"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- building dataclasses from plain data
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by dotted key."""
+    where = prefix or "recipe"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            dotted = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"unknown key '{dotted}' (known under {where}: {', '.join(sorted(names))})")
+    kwargs = {}
+    for k, v in data.items():
+        dotted = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _convert(v, hints[k], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if prefix and not str(err).startswith(prefix.split("[")[0]):
+            raise ConfigError(f"{prefix}: {err}") from None
+        raise
+
+
+# ---------------------------------------------------------------- YAML + overrides
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.max_steps=20`` -> (["train", "max_steps"], 20); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            idx = _list_index(node, part, path[: i + 1])
+            node = node[idx]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, path)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:-1])} is not a mapping")
+
+
+def _list_index(node: list, part: str, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {'.'.join(path)}: index {part} is out of range (list has {len(node)} items)")
+    return int(part)
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (or start from defaults when ``path`` is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError(f"recipe {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {path} must be a YAML mapping at the top level")
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    recipe = build(Recipe, data)
+    check_files(recipe)
+    return recipe
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or spec.endswith((".ckpt", ".pt", ".pth", ".safetensors"))
+
+
+def check_files(recipe: Recipe) -> None:
+    """Files a recipe names must exist (before any weights are loaded)."""
+    if _looks_like_path(recipe.model.teacher) and not Path(recipe.model.teacher).expanduser().exists():
+        raise ConfigError(f"model.teacher: {recipe.model.teacher} does not exist")
+    for i, r in enumerate(recipe.rewards):
+        if r.checkpoint and not Path(r.checkpoint).expanduser().exists():
+            raise ConfigError(f"rewards[{i}].checkpoint: file not found: {r.checkpoint}")
+    if recipe.data.source == "folder":
+        if not recipe.data.path:
+            raise ConfigError("data.path is required when data.source is 'folder'")
+        if not Path(recipe.data.path).expanduser().is_dir():
+            raise ConfigError(f"data.path: folder not found: {recipe.data.path}")
+        if recipe.data.captions and not Path(recipe.data.captions).expanduser().is_file():
+            raise ConfigError(f"data.captions: file not found: {recipe.data.captions}")
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe as YAML (atomically)."""
+    from .safeio import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
