@@ -1,0 +1,235 @@
+"""Export a student so that it runs without t2vturbo.
+
+- ``diffusers``: a complete ``TextToVideoSDPipeline`` folder. The LoRA is merged into the UNet weights and the
+  chosen guidance scale w is folded into the time embedding: the student adds c = cond_proj(embed(w)) to the
+  sinusoidal timestep embedding before ``time_embedding.linear_1``, so for a fixed w
+  ``linear_1(t + c) = W1 t + (b1 + W1 c)`` and ``linear_1.bias += W1 c`` replaces the projection. The result is a
+  plain UNet3DConditionModel (no ``time_cond_proj_dim``) run with ``guidance_scale=1`` (no CFG batch) and an
+  ``LCMScheduler`` (the multistep consistency sampler).
+- ``lora``: the adapter alone in peft's own layout (``adapter_model.safetensors`` with ``base_model.model.*`` keys
+  + ``adapter_config.json``); the guidance projection is a ``modules_to_save`` entry, so
+  ``peft.PeftModel.from_pretrained(unet, DIR)`` loads it into a base UNet built with ``time_cond_proj_dim=256``.
+
+Both are written atomically: a failed export leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .safeio import atomic_path
+from .student import ADAPTER, GUIDANCE_KEY
+
+FORMATS = ("diffusers", "lora")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GUIDANCE_MODULE = "time_embedding.cond_proj"
+EXPORT_META = "t2vturbo.json"
+
+
+# --------------------------------------------------------------------------------------------- UNet surgery
+def _lora_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def merge_lora(unet: nn.Module) -> nn.Module:
+    """Merge the student's LoRA into the base weights (peft ``merge``) and drop the adapter modules, in place."""
+    layers = _lora_layers(unet)
+    if not layers:
+        raise CheckpointError("this UNet has no LoRA adapter to merge")
+    with torch.no_grad():
+        for name, layer in layers:
+            layer.merge(adapter_names=[ADAPTER])
+            parent_name, _, child = name.rpartition(".")
+            parent = unet.get_submodule(parent_name) if parent_name else unet
+            setattr(parent, child, layer.get_base_layer())
+    for attr in ("peft_config", "_t2vturbo_lora"):
+        if attr in unet.__dict__:
+            delattr(unet, attr)
+    return unet
+
+
+def fold_guidance(unet: nn.Module, guidance: float) -> nn.Module:
+    """Fold a fixed guidance scale into ``time_embedding.linear_1.bias`` and remove the guidance projection.
+
+    Exact in real arithmetic: linear_1(t + cond_proj(embed(w))) = W1 t + (b1 + W1 cond_proj(embed(w))).
+    """
+    from .consistency import guidance_embedding
+
+    te = unet.time_embedding
+    proj = getattr(te, "cond_proj", None)
+    if proj is None:
+        raise CheckpointError("this UNet has no guidance projection (time_embedding.cond_proj) to fold")
+    lin = te.linear_1
+    with torch.no_grad():
+        emb = guidance_embedding(torch.tensor([float(guidance)]), proj.in_features, dtype=torch.float64)
+        c = emb[0] @ proj.weight.double().T  # the constant added to the timestep embedding
+        shift = lin.weight.double() @ c
+        if lin.bias is None:
+            lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
+        lin.bias.copy_((lin.bias.double() + shift).to(lin.bias.dtype))
+    te.cond_proj = None
+    unet.register_to_config(time_cond_proj_dim=None)
+    return unet
+
+
+# --------------------------------------------------------------------------------------------- writers
+def lcm_scheduler_config(base_spec: str, origin_steps: int) -> dict[str, Any]:
+    """An LCMScheduler config with the base model's noise schedule (diffusers folder) or the standard one."""
+    cfg = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    sched = Path(base_spec) / "scheduler" / "scheduler_config.json" if base_spec != "tiny" else None
+    if sched is not None and sched.is_file():
+        base = json.loads(sched.read_text())
+        cfg.update({k: base[k] for k in (*cfg, "trained_betas") if base.get(k) is not None})
+    cfg.update(original_inference_steps=int(origin_steps), prediction_type="epsilon", timestep_scaling=10.0,
+               clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+    return cfg
+
+
+def write_diffusers_pipeline(parts: Any, folder: Path, guidance: float, origin_steps: int, base_spec: str,
+                             dtype: torch.dtype = torch.float32) -> None:
+    """Merge + fold the student in ``parts.unet`` and save a TextToVideoSDPipeline into ``folder`` (must not exist)."""
+    from diffusers import LCMScheduler, TextToVideoSDPipeline
+
+    unet = parts.unet
+    if getattr(unet, "fps_embedding", None) is not None:
+        raise ConfigError("stock diffusers cannot run an fps-conditioned (VideoCrafter2) UNet; "
+                          "export it with --format lora instead")
+    merge_lora(unet)
+    fold_guidance(unet, guidance)
+    scheduler = LCMScheduler.from_config(lcm_scheduler_config(base_spec, origin_steps))
+    if not torch.allclose(scheduler.alphas_cumprod, parts.alphas_cumprod.cpu().float(), atol=1e-6):
+        raise CheckpointError(f"cannot express the noise schedule of {base_spec} as an LCMScheduler config")
+    parts.vae.register_to_config(scaling_factor=float(parts.vae_scale))
+    pipe = TextToVideoSDPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                 unet=unet, scheduler=scheduler)
+    pipe.to(dtype=dtype)
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def write_lora_adapter(unet: nn.Module, folder: Path, base_spec: str | None) -> None:
+    """Save the adapter in peft's layout; LoRA scalings are folded into ``lora_B`` so every module has scale 1."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    state: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    for name, layer in _lora_layers(unet):
+        a = layer.lora_A[ADAPTER].weight
+        b = layer.lora_B[ADAPTER].weight * layer.scaling[ADAPTER]
+        state[f"base_model.model.{name}.lora_A.weight"] = a
+        state[f"base_model.model.{name}.lora_B.weight"] = b
+        ranks[name] = a.shape[0]
+    if not ranks:
+        raise CheckpointError("this UNet has no LoRA adapter to export")
+    proj = getattr(unet.time_embedding, "cond_proj", None)
+    if proj is not None:
+        state[f"base_model.model.{GUIDANCE_KEY}"] = proj.weight
+    rank = max(set(ranks.values()), key=list(ranks.values()).count)
+    pattern = {f"^{n}$": r for n, r in ranks.items() if r != rank}
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(ranks), rank_pattern=pattern,
+                        alpha_pattern=dict(pattern), lora_dropout=0.0,
+                        modules_to_save=[GUIDANCE_MODULE] if proj is not None else None,
+                        base_model_name_or_path=base_spec, inference_mode=True)
+    folder.mkdir()
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()},
+              str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def recorded_base_model(student_path: str | Path) -> str | None:
+    """The base model a student records: student.json ``base_model`` or a peft config's base model."""
+    from .official_lora import PEFT_CONFIG, detect_student_format
+    from .student import STUDENT_META
+
+    path = Path(student_path)
+    kind = detect_student_format(path)
+    if kind == "t2vturbo":
+        meta = path / STUDENT_META if path.is_dir() else path.with_suffix(".json")
+    elif kind == "peft":
+        meta = (path if path.is_dir() else path.parent) / PEFT_CONFIG
+    else:
+        return None
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    return info.get("base_model") or info.get("base_model_name_or_path")
+
+
+def export_student(
+    student_path: str | Path,
+    base_model_spec: str | None = None,
+    format: str = "diffusers",  # noqa: A002 - the CLI option's name
+    out_dir: str | Path = "exported",
+    guidance: float = 7.5,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> Path:
+    """Write ``student_path`` (any student format) as a diffusers pipeline or a peft adapter folder.
+
+    Args:
+        student_path: our student folder / .safetensors, a peft LoRA, or an official ``unet_lora.pt``.
+        base_model_spec: the teacher (``tiny``, diffusers folder or cached hub id); default: the one the student
+            records (student.json ``base_model``).
+        format: ``"diffusers"`` (merged, guidance folded, LCMScheduler) or ``"lora"`` (adapter alone).
+        out_dir: the folder to write; it appears complete or not at all.
+        guidance: diffusers only: the guidance scale w folded into the UNet.
+        dtype: diffusers only: weight dtype of the written pipeline (float32, float16, bfloat16).
+        overwrite: replace an existing non-empty ``out_dir``.
+
+    Returns:
+        ``out_dir``.
+    """
+    from .models import load_teacher
+    from .official_lora import load_any_student
+
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    base = base_model_spec or recorded_base_model(student_path)
+    if not base:
+        raise ConfigError(f"{student_path} does not record its base model; pass it with --model")
+    parts = load_teacher(base)
+    load_any_student(student_path, parts)
+    meta = _student_meta(student_path)
+    origin = int((meta.get("schedule") or {}).get("num_ddim_timesteps")
+                 or (meta.get("schedule") or {}).get("origin_steps") or 50)
+    info = {"format": f"t2vturbo-export-{format}", "source": str(student_path), "base_model": base,
+            "origin_steps": origin, "default_steps": meta.get("default_steps", 4)}
+    with atomic_path(out) as tmp:
+        if format == "lora":
+            write_lora_adapter(parts.unet, tmp, base)
+            info.update(guidance_embedding="sin/cos of w*1000, 256-d (t2vturbo.consistency.guidance_embedding)",
+                        default_guidance=meta.get("default_guidance", 7.5), fps=meta.get("fps"))
+        else:
+            write_diffusers_pipeline(parts, tmp, guidance, origin, base, DTYPES[dtype])
+            info.update(guidance_folded=float(guidance), run_with={"guidance_scale": 1.0})
+        (tmp / EXPORT_META).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return out
+
+
+def _student_meta(student_path: str | Path) -> dict[str, Any]:
+    from .official_lora import detect_student_format
+    from .student import read_student
+
+    if detect_student_format(student_path) != "t2vturbo":
+        return {}
+    return read_student(student_path)[1]
