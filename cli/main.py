@@ -14,6 +14,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """T2V-Turbo: distill a 4-step text-to-video student with mixed reward feedback, sample, score, export."""
+
+
 # Each command lives in its own module and registers itself on `app`; core imports happen inside commands.
 for _mod in ("distill_cmd", "sample_cmd", "score_cmd", "export_cmd", "convert_cmd"):
     try:

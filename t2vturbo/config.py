@@ -179,7 +179,9 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
-        if value in typing.get_args(tp):
+        if value is False and "no" in typing.get_args(tp):  # YAML 1.1 reads a bare `no` as false
+            return "no"
+        if value in typing.get_args(tp) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
     if origin in (typing.Union, types.UnionType):

@@ -1,0 +1,173 @@
+"""Training data: a folder of captioned videos (WebVid-style) or the procedural tiny world.
+
+Both are deterministic streams: batch ``position`` on rank ``r`` is a pure function of (seed, position, r), so
+a resumed run reads exactly what the uninterrupted run would have read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, VideoReadError
+
+
+@dataclass
+class Clip:
+    path: str
+    caption: str
+
+
+def read_caption_table(path: Path, root: Path) -> list[Clip]:
+    """Rows of (path, caption) from CSV (header with ``path``/``caption``; WebVid's ``videoid``/``name`` too) or JSONL."""
+    rows: list[Clip] = []
+    if path.suffix == ".jsonl":
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                rows.append(Clip(str(obj["path"]), str(obj["caption"])))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{path}:{i}: expected a JSON object with 'path' and 'caption'") from None
+    elif path.suffix in (".csv", ".tsv"):
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ",")
+            fields = set(reader.fieldnames or [])
+            if {"path", "caption"} <= fields:
+                pk, ck = "path", "caption"
+            elif {"videoid", "name"} <= fields:
+                pk, ck = "videoid", "name"
+            else:
+                raise ConfigError(f"{path}: needs columns path,caption (or WebVid's videoid,name); found {sorted(fields)}")
+            for row in reader:
+                p = row[pk]
+                if pk == "videoid" and not Path(p).suffix:
+                    p = f"{p}.mp4"
+                rows.append(Clip(p, row[ck]))
+    else:
+        raise ConfigError(f"captions file {path} must be .csv, .tsv or .jsonl")
+    if not rows:
+        raise ConfigError(f"captions file {path} lists no videos")
+    for r in rows:
+        if not Path(r.path).is_absolute():
+            r.path = str(root / r.path)
+    return rows
+
+
+def fit_clip(video: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """(T, 3, H, W) in [0, 1] -> (frames, 3, height, width): evenly strided frames, resize short side, centre crop."""
+    t = video.shape[0]
+    if t < frames:
+        idx = torch.arange(frames).clamp(max=t - 1)  # repeat the last frame of a short clip
+    else:
+        idx = (torch.arange(frames) * (t / frames)).long()
+    v = video[idx].float()
+    h, w = v.shape[-2:]
+    scale = max(height / h, width / w)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    if (nh, nw) != (h, w):
+        v = F.interpolate(v, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return v[..., top : top + height, left : left + width].clamp(0, 1)
+
+
+def _mix(*xs: int) -> int:
+    """A 63-bit seed from a few integers (splitmix-style, stable across runs and platforms)."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (h ^ (int(x) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class FolderStream:
+    """Shuffled epochs over a caption table, sharded by rank; unreadable clips are skipped and counted."""
+
+    def __init__(self, root: str, captions: str | None, frames: int, height: int, width: int, batch_size: int,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, log=print):
+        root_p = Path(root)
+        if captions is None:
+            found = [root_p / n for n in ("captions.csv", "captions.jsonl", "captions.tsv") if (root_p / n).is_file()]
+            if not found:
+                raise ConfigError(f"data.captions not set and {root_p} has no captions.csv / captions.jsonl")
+            captions_p = found[0]
+        else:
+            captions_p = Path(captions)
+        self.clips = read_caption_table(captions_p, root_p)
+        self.frames, self.height, self.width = frames, height, width
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
+        self.position = 0  # clips consumed by this rank
+        self.skipped: list[str] = []
+        self.log = log
+
+    def _clip_at(self, k: int) -> Clip:
+        n = len(self.clips)
+        epoch, i = divmod(k * self.world + self.rank, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+        return self.clips[int(perm[i])]
+
+    def next_batch(self) -> tuple[torch.Tensor, list[str]]:
+        from .video import read_video
+
+        pixels, caps = [], []
+        tries = 0
+        while len(pixels) < self.batch_size:
+            clip = self._clip_at(self.position)
+            self.position += 1
+            try:
+                pixels.append(fit_clip(read_video(clip.path), self.frames, self.height, self.width))
+                caps.append(clip.caption)
+            except VideoReadError as err:
+                self.skipped.append(clip.path)
+                self.log(f"skipping unreadable clip ({len(self.skipped)} so far): {err}")
+                tries += 1
+                if tries >= max(len(self.clips), 1) * 2:
+                    raise ConfigError(f"no readable video in {len(self.clips)} clips listed for data.path") from None
+        return torch.stack(pixels), caps
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "skipped": list(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+        self.skipped = list(state.get("skipped", []))
+
+
+class TinyWorldStream:
+    """Procedural clips of the tiny world (one coloured shape moving), generated from (seed, position, rank)."""
+
+    def __init__(self, frames: int, height: int, width: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        from .tiny import world
+
+        if (frames, height, width) != (world.FRAMES, world.HEIGHT, world.WIDTH):
+            raise ConfigError(f"data.source tiny-world makes {world.FRAMES}x{world.HEIGHT}x{world.WIDTH} clips; "
+                              f"set video.frames/height/width to match (got {frames}x{height}x{width})")
+        self.world_mod = world
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
+        self.position = 0
+        self.skipped: list[str] = []
+
+    def next_batch(self) -> tuple[torch.Tensor, list[str]]:
+        clips, caps = self.world_mod.random_clips(self.batch_size, seed=_mix(self.seed, self.position, self.rank))
+        self.position += 1
+        return clips, list(caps)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "skipped": []}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+
+def make_stream(recipe, rank: int = 0, world_size: int = 1, log=print):
+    d, v, t = recipe.data, recipe.video, recipe.train
+    if d.source == "tiny-world":
+        return TinyWorldStream(v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size)
+    return FolderStream(d.path, d.captions, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log)

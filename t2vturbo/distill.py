@@ -1,0 +1,504 @@
+"""The T2V-Turbo recipe: consistency distillation + mixed reward feedback (paper Algorithm 1, FORMATS §1).
+
+``Distiller(recipe, output_dir).run()`` does setup -> train -> save. Everything runs the same on one CPU,
+one GPU or several processes (``accelerate launch`` / ``torchrun``): accelerate wraps the student for DDP,
+each rank reads its own shard, and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Recipe, dump_recipe
+from .consistency import (
+    add_noise,
+    boundary_scalings,
+    consistency_loss,
+    ddim_step,
+    ddim_timesteps,
+    guidance_embedding,
+    lcm_guidance,
+    predict_x0,
+)
+from .data import _mix, make_stream
+from .errors import ConfigError, TrainingError
+from .models import TeacherParts, call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
+from .rewards import RewardModel, load_reward, strided_frame_indices
+from .safeio import atomic_path
+from .student import LoraSettings, make_student, save_student, student_state_dict, trainable_parameters
+from .train_state import (
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def describe_plan(recipe: Recipe) -> list[str]:
+    """Human-readable plan of a run (for --dry-run): what will be loaded and what each step does."""
+    d, v, t, lo = recipe.distill, recipe.video, recipe.train, recipe.lora
+    lines = [
+        f"teacher      {recipe.model.teacher} ({recipe.model.dtype}, device {recipe.model.device})",
+        f"student      LoRA rank {lo.rank} alpha {lo.alpha or lo.rank} dropout {lo.dropout} on "
+        f"{'every Linear/Conv' if lo.target_modules == 'all' else lo.target_modules} + guidance projection "
+        f"({d.guidance_embed_dim}-d w embedding)",
+        f"video        {v.frames} frames {v.height}x{v.width} @ {v.fps} fps",
+        f"solver       DDIM, N={d.num_ddim_timesteps}, skip k={d.skip}, w ~ U[{d.w_min}, {d.w_max}], "
+        f"{d.loss} loss" + (f" (c={d.huber_c})" if d.loss == "huber" else "") + f", {d.target} target",
+        f"training     {t.max_steps} steps, batch {t.batch_size}/process, lr {t.learning_rate}, {t.optimizer}, "
+        f"grad clip {t.grad_clip}, precision {t.mixed_precision}, seed {t.seed}",
+        f"checkpoints  every {t.checkpoint_every} steps, keep {t.keep_checkpoints}",
+        f"data         {recipe.data.source}" + (f" from {recipe.data.path}" if recipe.data.path else ""),
+    ]
+    if recipe.rewards:
+        for r in recipe.rewards:
+            from .rewards import reward_spec
+
+            spec = reward_spec(r.name)
+            frames = r.frames or ("6 random" if spec.kind == "image" else "model's")
+            lines.append(f"reward       {r.name} ({spec.kind}) beta {r.weight}, frames {frames}"
+                         + (f", checkpoint {r.checkpoint}" if r.checkpoint else ""))
+    else:
+        lines.append("reward       none (plain consistency distillation)")
+    lines.append("loss         L_cd - sum(beta * R) on the single-step student prediction")
+    return lines
+
+
+class Distiller:
+    """One distillation run: ``setup()``, ``train()``, ``save_final()`` (``run()`` does all three)."""
+
+    def __init__(self, recipe: Recipe, output_dir: str | Path, resume: bool = False,
+                 log: Callable[[str], None] = print, progress: bool = True):
+        self.recipe = recipe
+        self.out = Path(output_dir)
+        self.resume = resume
+        self.log = log
+        self.show_progress = progress
+        self.step = 0
+        self.nonfinite_in_a_row = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        r = self.recipe
+        if r.train.num_threads:
+            torch.set_num_threads(r.train.num_threads)
+        cpu = r.model.device == "cpu" or (r.model.device == "auto" and not torch.cuda.is_available())
+        self.acc = Accelerator(cpu=cpu, mixed_precision=r.train.mixed_precision)
+        self.device = self.acc.device
+        self.is_main = self.acc.is_main_process
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        set_seed(r.train.seed)
+        if self.is_main:
+            self._prepare_output_dir()
+        self.acc.wait_for_everyone()
+
+        # 1. Teacher parts; the student is the same UNet with an adapter (no second copy).
+        parts = load_teacher(r.model.teacher, device=self.device, dtype=DTYPES[r.model.dtype])
+        self.parts: TeacherParts = parts
+        lora = LoraSettings(rank=r.lora.rank, alpha=r.lora.alpha, dropout=r.lora.dropout,
+                            target_modules=r.lora.target_modules)
+        torch.manual_seed(r.train.seed)  # LoRA A init depends on the seed, identical on every rank
+        make_student(parts.unet, lora, r.distill.guidance_embed_dim)
+        for p in trainable_parameters(parts.unet):
+            p.data = p.data.float()  # trainable weights stay fp32 even over a bf16 base
+        if r.train.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+        parts.unet.train()
+
+        # 2. Rewards (frozen), every configured reward on every rank.
+        self.rewards: list[tuple[Any, RewardModel]] = []
+        for rc in r.rewards:
+            model = load_reward(rc.name, checkpoint=rc.checkpoint, device=self.device, **rc.options)
+            self.rewards.append((rc, model))
+
+        # 3. Optimizer over the LoRA + guidance projection only.
+        params = trainable_parameters(parts.unet)
+        if r.train.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise ConfigError("train.optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes) "
+                                  "on CUDA; or set train.optimizer=adamw") from None
+            opt_cls = bnb.optim.AdamW8bit
+        else:
+            opt_cls = torch.optim.AdamW
+        self.optimizer = opt_cls(params, lr=r.train.learning_rate, weight_decay=r.train.weight_decay,
+                                 eps=r.train.adam_eps)
+        warm = r.train.lr_warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        self.unet = parts.unet
+        self.ddp_unet, self.optimizer = self.acc.prepare(parts.unet, self.optimizer)
+
+        # 4. EMA target (option): a copy of the trainable tensors only.
+        self.ema: dict[str, torch.Tensor] | None = None
+        if r.distill.target == "ema":
+            self.ema = {n: p.detach().clone() for n, p in self.unet.named_parameters() if p.requires_grad}
+
+        # 5. Schedule, unconditional embedding, data.
+        self.alphas = parts.alphas_cumprod.to(self.device, torch.float32)
+        self.solver_t = ddim_timesteps(r.distill.num_train_timesteps, r.distill.num_ddim_timesteps).to(self.device)
+        self.uncond = encode_prompts(parts, [""])
+        self.fps = torch.tensor([r.video.fps], device=self.device) if parts.default_fps is not None else None
+        self.stream = make_stream(r, self.rank, self.world, log=self.log)
+        self.ckpt_root = self.out / "checkpoints"
+        if self.resume:
+            self._resume()
+
+    def _prepare_output_dir(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        probe = self.out / ".write-test"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"output folder {self.out} is not writable ({err.strerror}); choose another "
+                              "--output-dir") from None
+        if not self.resume and list_checkpoints(self.out / "checkpoints"):
+            raise ConfigError(f"{self.out} already holds checkpoints of a run; pass --resume to continue it "
+                              "or choose another --output-dir")
+        dump_recipe(self.recipe, self.out / "config.yaml")
+
+    def _resume(self) -> None:
+        found = list_checkpoints(self.ckpt_root)
+        if not found:
+            self.log(f"no checkpoint under {self.ckpt_root}; starting from step 0")
+            return
+        step, folder = found[-1]
+        state = load_checkpoint(folder)
+        trainable = dict((n, p) for n, p in self.unet.named_parameters() if p.requires_grad)
+        missing = [n for n in trainable if n not in state["student"]]
+        if missing:
+            raise ConfigError(f"checkpoint {folder} does not match this recipe's student (missing {missing[0]}); "
+                              "resume with the recipe the run started with")
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(state["student"][n])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+        self.stream.load_state_dict(state["data"][str(self.rank)] if str(self.rank) in state["data"] else state["data"]["0"])
+        rng = state.get("rng", {}).get(str(self.rank))
+        if rng is not None:
+            set_rng_state(rng)
+        self.step = int(state["step"])
+        if self.is_main:
+            self._truncate_metrics(self.step)
+        self.log(f"resumed from {folder} at step {self.step}")
+
+    # ------------------------------------------------------------------ one step
+    def _seed_step(self) -> torch.Generator:
+        """Every random draw of a step comes from (seed, step, rank): a resumed run replays it exactly."""
+        s = _mix(self.recipe.train.seed, self.step, self.rank)
+        torch.manual_seed(s)  # LoRA dropout uses the global generator
+        random.seed(s)
+        return torch.Generator().manual_seed(s)
+
+    def training_step(self, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        r, d = self.recipe, self.recipe.distill
+        parts, unet, dev = self.parts, self.unet, self.device
+        gen = self._seed_step()
+        b = pixels.shape[0]
+
+        # 1. Encode the clip and the captions (frozen).
+        with torch.no_grad():
+            latents = encode_pixels(parts, pixels.to(dev), generator=None)
+            cond = encode_prompts(parts, captions)
+            uncond = self.uncond.expand(b, -1, -1)
+
+        # 2. Sample a solver index, its timestep pair, the noise and w ~ U[w_min, w_max].
+        index = torch.randint(0, d.num_ddim_timesteps, (b,), generator=gen).to(dev)
+        t_start = self.solver_t[index]
+        t_end = (t_start - d.skip).clamp(min=0)
+        noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
+        x_t = add_noise(latents, noise, self.alphas[t_start])
+        w = d.w_min + (d.w_max - d.w_min) * torch.rand((b,), generator=gen)
+        w_emb = guidance_embedding(w, d.guidance_embed_dim).to(dev, latents.dtype)
+        fps = self.fps.expand(b) if self.fps is not None else None
+        w_dev = w.to(dev)
+
+        with torch.no_grad():
+            # 3. Teacher (adapter off, no guidance embedding): cond and uncond in ONE batched forward,
+            #    CFG in the LCM form on x0 and eps, then one DDIM step t_start -> t_end.
+            from .student import teacher_mode
+
+            with teacher_mode(unet), self.acc.autocast():
+                eps_cu = call_unet(unet, torch.cat([x_t, x_t]), torch.cat([t_start, t_start]),
+                                   torch.cat([cond, uncond]), fps=None if fps is None else torch.cat([fps, fps]))
+            eps_c, eps_u = eps_cu.float().chunk(2)
+            a_start = self.alphas[t_start]
+            x0_c, x0_u = predict_x0(eps_c, x_t.float(), a_start), predict_x0(eps_u, x_t.float(), a_start)
+            x0_g, eps_g = lcm_guidance(x0_c, x0_u, w_dev), lcm_guidance(eps_c, eps_u, w_dev)
+            x_prev = ddim_step(x0_g, eps_g, self.alphas[t_end]).to(latents.dtype)
+
+            # 4. Target: the consistency function at (x_prev, t_end) from the online student (or its EMA).
+            with self._ema_weights(), self.acc.autocast():
+                eps_tgt = call_unet(unet, x_prev, t_end, cond, timestep_cond=w_emb, fps=fps).float()
+            c_skip_e, c_out_e = boundary_scalings(t_end)
+            target = _bcast(c_skip_e, x_prev) * x_prev.float() + \
+                _bcast(c_out_e, x_prev) * predict_x0(eps_tgt, x_prev.float(), self.alphas[t_end])
+
+        # 5. Student's single-step prediction (with grad) at t_start.
+        with self.acc.autocast():
+            eps_s = call_unet(self.ddp_unet, x_t, t_start, cond, timestep_cond=w_emb, fps=fps).float()
+        c_skip_s, c_out_s = boundary_scalings(t_start)
+        x0_s = predict_x0(eps_s, x_t.float(), self.alphas[t_start])
+        pred = _bcast(c_skip_s, x_t) * x_t.float() + _bcast(c_out_s, x_t) * x0_s
+        loss_cd = consistency_loss(pred, target, d.loss, d.huber_c)
+
+        # 6. Mixed reward feedback on the decoded single-step prediction (no sampling chain: bounded memory).
+        metrics: dict[str, float] = {}
+        loss = loss_cd
+        if self.rewards:
+            rewards_total, reward_vals = self._reward_terms(pred, captions, gen)
+            loss = loss - rewards_total
+            metrics.update(reward_vals)
+        metrics["loss_cd"] = float(loss_cd.detach())
+        return loss, metrics
+
+    def _reward_terms(self, pred: torch.Tensor, captions: list[str], gen: torch.Generator):
+        """Decode only the frames the rewards need, once; return sum(beta * R) and the per-reward means."""
+        f = pred.shape[2]
+        wanted: dict[int, list[int]] = {}
+        for i, (rc, model) in enumerate(self.rewards):
+            if model.kind == "image":
+                m = min(rc.frames or 6, f)
+                wanted[i] = sorted(torch.randperm(f, generator=gen)[:m].tolist())
+            else:
+                wanted[i] = strided_frame_indices(f, rc.frames or model.num_frames or f)
+        union = sorted({j for idx in wanted.values() for j in idx})
+        pixels = decode_latents(self.parts, pred.to(self.parts.dtype), frames=union,
+                                chunk=self.recipe.train.decode_chunk)
+        pos = {j: k for k, j in enumerate(union)}
+        total = pred.new_zeros(())
+        vals = {}
+        for i, (rc, model) in enumerate(self.rewards):
+            frames = pixels[:, [pos[j] for j in wanted[i]]]
+            score = model(frames.float(), captions).float().mean()
+            total = total + rc.weight * score
+            vals[f"reward/{rc.name}"] = float(score.detach())
+        return total, vals
+
+    class _NoEma:
+        def __enter__(self):
+            return None
+
+        def __exit__(self, *a):
+            return False
+
+    def _ema_weights(self):
+        if self.ema is None:
+            return self._NoEma()
+        distiller = self
+
+        class _Swap:
+            def __enter__(self):
+                self.saved = {}
+                for n, p in distiller.unet.named_parameters():
+                    if n in distiller.ema:
+                        self.saved[n] = p.data
+                        p.data = distiller.ema[n]
+
+            def __exit__(self, *a):
+                for n, p in distiller.unet.named_parameters():
+                    if n in self.saved:
+                        p.data = self.saved[n]
+                return False
+
+        return _Swap()
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> None:
+        r = self.recipe
+        params = trainable_parameters(self.unet)
+        progress = self._progress()
+        task = progress.add_task("distill", total=r.train.max_steps, completed=self.step) if progress else None
+        try:
+            if progress:
+                progress.start()
+            while self.step < r.train.max_steps:
+                t0 = time.perf_counter()
+                pixels, captions = self.stream.next_batch()
+                loss, metrics = self.training_step(pixels, captions)
+                finite = torch.isfinite(loss.detach()).float()
+                if self.world > 1:  # every rank skips together
+                    finite = self.acc.reduce(finite.to(self.device), reduction="mean")
+                if float(finite) < 1.0:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.nonfinite_in_a_row += 1
+                    self.step += 1
+                    self._log_metrics({"step": self.step, "loss": None, "skipped": "non-finite loss",
+                                       **{k: v for k, v in metrics.items() if math.isfinite(v)}})
+                    self.log(f"step {self.step}: non-finite loss, step skipped "
+                             f"({self.nonfinite_in_a_row} in a row, limit {r.train.max_nonfinite})")
+                    if self.nonfinite_in_a_row >= r.train.max_nonfinite:
+                        self.save_checkpoint()
+                        raise TrainingError(
+                            f"{self.nonfinite_in_a_row} non-finite losses in a row at step {self.step}; checkpoint "
+                            f"saved in {self.ckpt_root}. Lower train.learning_rate or check the data, then --resume")
+                    continue
+                self.nonfinite_in_a_row = 0
+                self.acc.backward(loss)
+                grad_norm = self.acc.clip_grad_norm_(params, r.train.grad_clip) if r.train.grad_clip > 0 else None
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    with torch.no_grad():
+                        for n, p in self.unet.named_parameters():
+                            if n in self.ema:
+                                self.ema[n].lerp_(p.detach(), 1 - r.distill.ema_decay)
+                self.step += 1
+                row = {"step": self.step, "loss": float(loss.detach()), **metrics,
+                       "lr": self.scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                       "seconds": round(time.perf_counter() - t0, 4)}
+                self._log_metrics(row)
+                if progress:
+                    progress.update(task, completed=self.step,
+                                    description=f"distill loss {row['loss']:.4f}")
+                if self.step % r.train.checkpoint_every == 0 or self.step == r.train.max_steps:
+                    self.save_checkpoint()
+        finally:
+            if progress:
+                progress.stop()
+
+    def _progress(self):
+        if not (self.is_main and self.show_progress):
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), transient=False)
+
+    def _log_metrics(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(k + "\n" for k in keep))
+
+    # ------------------------------------------------------------------ saving
+    def _state(self) -> dict[str, Any]:
+        trainable = {n: p.detach() for n, p in self.unet.named_parameters() if p.requires_grad}
+        return {
+            "step": self.step,
+            "student": trainable,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema or {},
+            "data": {str(self.rank): self.stream.state_dict()},
+            "rng": {str(self.rank): rng_state()},
+            "recipe": json.loads(json.dumps(self.recipe.to_dict())),
+        }
+
+    def save_checkpoint(self) -> None:
+        state = self._state()
+        if self.world > 1:
+            # Collect every rank's data position and RNG state so each resumes where it was.
+            from torch import distributed as dist
+
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, {"data": state["data"], "rng": {}})
+            for g in gathered:
+                state["data"].update(g["data"])
+        if self.is_main:
+            save_checkpoint(checkpoint_dir(self.ckpt_root, self.step), state)
+            prune_checkpoints(self.ckpt_root, self.recipe.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def student_meta(self) -> dict[str, Any]:
+        r = self.recipe
+        return {
+            "base_model": r.model.teacher,
+            "guidance_embed_dim": r.distill.guidance_embed_dim,
+            "schedule": {"num_train_timesteps": r.distill.num_train_timesteps, "beta_schedule": "scaled_linear",
+                         "beta_start": 0.00085, "beta_end": 0.012, "origin_steps": r.distill.num_ddim_timesteps},
+            "default_steps": r.sample.steps,
+            "default_guidance": r.sample.guidance,
+            "video": asdict(r.video),
+            "rewards": [{"name": rc.name, "weight": rc.weight} for rc, _ in self.rewards],
+            "trained_steps": self.step,
+        }
+
+    def save_final(self) -> Path | None:
+        if not self.is_main:
+            return None
+        path = save_student(self.unet, self.out / "student", self.student_meta())
+        self.log(f"student saved to {path}")
+        return path
+
+    def write_samples(self) -> list[Path]:
+        """Sample the recipe's prompts with the trained student (main process) into output/samples/."""
+        r = self.recipe
+        if not self.is_main or not r.sample.prompts:
+            return []
+        from .sampling import sample_video
+        from .video import write_video
+
+        self.unet.eval()
+        out = sample_video(self.parts, r.sample.prompts, steps=r.sample.steps, guidance=r.sample.guidance,
+                           frames=r.video.frames, height=r.video.height, width=r.video.width, seed=r.sample.seed,
+                           fps=r.video.fps if self.parts.default_fps is not None else None)
+        self.unet.train()
+        written = []
+        for i, (prompt, video) in enumerate(zip(r.sample.prompts, out.videos)):
+            slug = "".join(c if c.isalnum() else "_" for c in prompt.lower()).strip("_")[:60]
+            path = self.out / "samples" / f"{i:02d}_{slug}.mp4"
+            write_video(video, path, fps=r.video.fps)
+            written.append(path)
+        return written
+
+    def plot_curves(self) -> Path | None:
+        if not self.is_main:
+            return None
+        from .plots import plot_metrics
+
+        return plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+
+    def run(self) -> Path | None:
+        self.setup()
+        self.train()
+        path = self.save_final()
+        self.write_samples()
+        self.plot_curves()
+        self.acc.end_training()
+        return path
+
+
+def run_distill(recipe: Recipe, output_dir: str | Path, resume: bool = False, log=print,
+                progress: bool = True) -> Path | None:
+    """Entry point used by ``t2vturbo distill``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Distiller(recipe, output_dir, resume=resume, log=log, progress=progress).run()
