@@ -23,15 +23,20 @@ def distill(
     """Distill a 4-step student from a teacher: consistency distillation + mixed reward feedback."""
     from t2vturbo.config import load_recipe
 
-    r = load_recipe(recipe, overrides or [])
+    r = load_recipe(recipe, overrides or [], check=not dry_run)
     out = output_dir or Path(r.output_dir)
     if dry_run:
+        from t2vturbo.config import missing_files
         from t2vturbo.distill import describe_plan
 
         console.print(f"[bold]plan[/] for {recipe} -> {out}", highlight=False)
         for line in describe_plan(r):
             console.print("  " + line, highlight=False)
-        console.print("[green]recipe OK[/] (dry run: nothing loaded, nothing written)")
+        problems = missing_files(r)
+        for p in problems:
+            console.print(f"  [yellow]missing[/] {p}", highlight=False)
+        state = "recipe valid" + (f"; {len(problems)} file(s) to provide before a real run" if problems else "")
+        console.print(f"[green]{state}[/] (dry run: nothing loaded, nothing written)", highlight=False)
         return
     quiet_libraries()
     from t2vturbo.distill import run_distill

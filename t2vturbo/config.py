@@ -299,8 +299,12 @@ def _list_index(node: list, part: str, path: list[str]) -> int:
     return int(part)
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (or start from defaults when ``path`` is None), apply overrides, validate."""
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> Recipe:
+    """Read a YAML recipe (or start from defaults when ``path`` is None), apply overrides, validate.
+
+    Args:
+        check: also require the files the recipe names to exist (off for --dry-run, which lists them).
+    """
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -318,7 +322,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         keys, value = parse_override(text)
         apply_override(data, keys, value)
     recipe = build(Recipe, data)
-    check_files(recipe)
+    if check:
+        check_files(recipe)
     return recipe
 
 
@@ -326,20 +331,29 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.endswith((".ckpt", ".pt", ".pth", ".safetensors"))
 
 
-def check_files(recipe: Recipe) -> None:
-    """Files a recipe names must exist (before any weights are loaded)."""
+def missing_files(recipe: Recipe) -> list[str]:
+    """Problems with the files a recipe names (each one line, naming the dotted key)."""
+    problems = []
     if _looks_like_path(recipe.model.teacher) and not Path(recipe.model.teacher).expanduser().exists():
-        raise ConfigError(f"model.teacher: {recipe.model.teacher} does not exist")
+        problems.append(f"model.teacher: {recipe.model.teacher} does not exist")
     for i, r in enumerate(recipe.rewards):
         if r.checkpoint and not Path(r.checkpoint).expanduser().exists():
-            raise ConfigError(f"rewards[{i}].checkpoint: file not found: {r.checkpoint}")
+            problems.append(f"rewards[{i}].checkpoint: file not found: {r.checkpoint}")
     if recipe.data.source == "folder":
         if not recipe.data.path:
-            raise ConfigError("data.path is required when data.source is 'folder'")
-        if not Path(recipe.data.path).expanduser().is_dir():
-            raise ConfigError(f"data.path: folder not found: {recipe.data.path}")
+            problems.append("data.path is required when data.source is 'folder'")
+        elif not Path(recipe.data.path).expanduser().is_dir():
+            problems.append(f"data.path: folder not found: {recipe.data.path}")
         if recipe.data.captions and not Path(recipe.data.captions).expanduser().is_file():
-            raise ConfigError(f"data.captions: file not found: {recipe.data.captions}")
+            problems.append(f"data.captions: file not found: {recipe.data.captions}")
+    return problems
+
+
+def check_files(recipe: Recipe) -> None:
+    """Files a recipe names must exist (checked before any weights are loaded)."""
+    problems = missing_files(recipe)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -1,0 +1,93 @@
+"""``t2vturbo sample PROMPT... --steps 4``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, parse_device, quiet_libraries, user_errors
+from .main import app
+
+
+def slugify(text: str, limit: int = 60) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in text.lower())
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return slug.strip("-")[:limit] or "video"
+
+
+def output_paths(prompts: list[str], out: Path | None) -> list[Path]:
+    """One path per prompt: --out as given for one prompt, else suffixed -0, -1, ...; default outputs/<slug>.mp4."""
+    if out is None:
+        return [Path("outputs") / f"{slugify(p)}.mp4" for p in prompts]
+    if len(prompts) == 1:
+        return [out]
+    suffix = "".join(out.suffixes) if out.suffix in (".mp4", ".gif", ".webm") else ""
+    stem = out.name[: len(out.name) - len(suffix)] if suffix else out.name
+    return [out.with_name(f"{stem}-{i}{suffix}") for i in range(len(prompts))]
+
+
+@app.command()
+@user_errors
+def sample(
+    prompts: list[str] = typer.Argument(..., help="One or more prompts."),
+    model: str = typer.Option("tiny", "--model", "-m", help="Teacher/base: 'tiny', a diffusers folder or a hub id."),
+    student: Path | None = typer.Option(None, "--student", "-s", help="Student: our folder, a peft LoRA, or an official unet_lora.pt. Omit to sample the base model as is."),
+    teacher: bool = typer.Option(False, "--teacher", help="Sample the base model with DDIM + classifier-free guidance."),
+    steps: int = typer.Option(4, "--steps", help="UNet evaluations (student: 1, 2, 4, 8; teacher: e.g. 50)."),
+    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Guidance scale (student: via the guidance embedding)."),
+    frames: int = typer.Option(16, "--frames"),
+    height: int = typer.Option(256, "--height"),
+    width: int = typer.Option(256, "--width"),
+    fps: int = typer.Option(8, "--fps", help="Frame rate of the output (and fps condition of VideoCrafter2)."),
+    seed: int = typer.Option(0, "--seed", help="Video i uses seed + i."),
+    out: Path | None = typer.Option(None, "--out", "-o", help=".mp4, .gif, or a folder for PNG frames (default outputs/<slug>.mp4)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Prompts per batch."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    dtype: str = typer.Option("auto", "--dtype", help="float32, float16, bfloat16 (auto: fp16 on CUDA, fp32 on CPU)."),
+    decode_chunk: int = typer.Option(0, "--decode-chunk", help="VAE-decode at most this many frames at once (0 = all)."),
+) -> None:
+    """Generate videos with a distilled student (4 steps) or the teacher (DDIM + CFG)."""
+    quiet_libraries()
+    import torch
+
+    from t2vturbo.errors import ConfigError
+    from t2vturbo.models import load_teacher
+    from t2vturbo.sampling import sample_video
+    from t2vturbo.video import write_video
+
+    if steps < 1:
+        raise ConfigError("--steps must be at least 1")
+    if teacher and student is not None:
+        raise ConfigError("--teacher samples the base model; leave out --student (or --teacher)")
+    dev = parse_device(device)
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        dt = torch.float16 if dev.startswith("cuda") else torch.float32
+    elif dtype in dtypes:
+        dt = dtypes[dtype]
+    else:
+        raise ConfigError(f"--dtype {dtype!r}: use float32, float16, bfloat16 or auto")
+    parts = load_teacher(model, device=dev, dtype=dt)
+    if student is not None:
+        from t2vturbo.official_lora import load_any_student
+
+        load_any_student(student, parts)
+        parts.unet.to(device=dev, dtype=dt)
+    mode = "teacher" if teacher or student is None and not _has_student(parts.unet) else "student"
+    paths = output_paths(list(prompts), out)
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts)[start : start + batch_size]
+        result = sample_video(parts, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
+                              width=width, seed=seed + start, fps=fps if parts.default_fps is not None else None,
+                              decode_chunk=decode_chunk)
+        per_video = result.seconds["total"] / len(chunk)
+        for i, video in enumerate(result.videos):
+            path = write_video(video, paths[start + i], fps=fps)
+            console.print(f"wrote {path}  ({mode}, {steps} steps, {per_video:.2f} s/video)", highlight=False)
+
+
+def _has_student(unet) -> bool:
+    te = getattr(unet, "time_embedding", None)
+    return te is not None and getattr(te, "cond_proj", None) is not None
