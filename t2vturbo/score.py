@@ -1,0 +1,364 @@
+"""Score video files with reward models: find the videos, find each one's prompt, batch them through each
+reward, and report per-video scores, per-reward means and every file that could not be scored.
+
+Prompts come from, in order: a prompts file (CSV / JSONL / TXT), a sidecar ``.txt`` with the video's stem,
+the VBench naming convention ``{prompt}-{index}.mp4``. A file that cannot be read or has no prompt is reported
+by name and skipped; the rest is scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, VideoReadError
+from .safeio import atomic_path, save_json
+from .video import VIDEO_SUFFIXES, read_video
+
+_VIDEO_COLUMNS = ("video", "path", "file", "filename", "name")
+_VBENCH_NAME = re.compile(r"^(?P<prompt>.+)-(?P<index>\d+)$")
+
+
+@dataclass
+class VideoScore:
+    path: str
+    prompt: str
+    prompt_source: str  # "prompts-file" | "sidecar" | "vbench-name"
+    frames: int = 0
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Failure:
+    path: str
+    error: str
+    reward: str | None = None  # None: the file itself failed (unreadable, no prompt)
+
+
+@dataclass
+class ScoreReport:
+    rewards: list[str]
+    videos: list[VideoScore] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def means(self) -> dict[str, float | None]:
+        """Mean score per reward over the videos that have one (None when no video has it)."""
+        out: dict[str, float | None] = {}
+        for name in self.rewards:
+            values = [v.scores[name] for v in self.videos if name in v.scores]
+            out[name] = sum(values) / len(values) if values else None
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "t2vturbo-score",
+            "version": 1,
+            "rewards": list(self.rewards),
+            "means": self.means(),
+            "num_scored": len(self.videos),
+            "num_failed": len({f.path for f in self.failures}),
+            "videos": [asdict(v) for v in self.videos],
+            "failures": [asdict(f) for f in self.failures],
+            "ok": self.ok,
+        }
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        save_json(self.to_dict(), path)
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """One row per scored video (path, prompt, one column per reward), then one row per failure."""
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["path", "prompt", *self.rewards, "error"])
+        for v in self.videos:
+            writer.writerow([v.path, v.prompt, *(_fmt(v.scores.get(r)) for r in self.rewards), ""])
+        for f in self.failures:
+            error = f"{f.reward}: {f.error}" if f.reward else f.error
+            writer.writerow([f.path, "", *([""] * len(self.rewards)), error])
+        with atomic_path(path) as tmp:
+            tmp.write_text(buf.getvalue())
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finding videos and prompts
+
+
+def find_videos(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Failure]]:
+    """Expand folders (recursively, video suffixes only), globs and files into a sorted, de-duplicated list.
+
+    A folder without video files but with PNG frames counts as one video. A path that matches nothing is
+    returned as a failure.
+    """
+    found: list[Path] = []
+    missing: list[Failure] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            videos = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES)
+            if not videos and any(q.suffix.lower() == ".png" for q in p.iterdir()):
+                videos = [p]
+            found.extend(videos)
+        elif p.exists():
+            found.append(p)
+        elif glob.has_magic(str(raw)):
+            hits = sorted(Path(h) for h in glob.glob(os.path.expanduser(str(raw)), recursive=True))
+            hits = [h for h in hits if h.is_dir() or h.suffix.lower() in VIDEO_SUFFIXES]
+            if not hits:
+                missing.append(Failure(str(raw), "no video matches this pattern"))
+            found.extend(hits)
+        else:
+            missing.append(Failure(str(raw), "no such file or folder"))
+    unique: dict[Path, None] = {}
+    for f in found:
+        unique.setdefault(f, None)
+    return list(unique), missing
+
+
+def read_prompts_file(path: str | os.PathLike) -> dict[str, str] | list[str]:
+    """Read prompts from CSV / JSONL / TXT: a mapping video -> prompt, or an ordered list of prompts.
+
+    CSV: a header with ``prompt`` and optionally one of video/path/file/filename/name. JSONL: one object per line
+    with ``prompt`` (and optionally a video key). TXT: ``name<TAB>prompt`` per line, or one prompt per line
+    (then the i-th prompt goes to the i-th video in sorted order).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(io.StringIO(text))]
+        return _rows_to_prompts(rows, path)
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path} line {i} is not JSON ({err.msg}); write one JSON object per line") from None
+            if not isinstance(obj, dict):
+                raise ConfigError(f'{path} line {i} must be an object like {{"video": ..., "prompt": ...}}')
+            rows.append({str(k).lower(): str(v) for k, v in obj.items()})
+        return _rows_to_prompts(rows, path)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if lines and all("\t" in ln for ln in lines):
+        return {k.strip(): v.strip() for k, v in (ln.split("\t", 1) for ln in lines)}
+    return [ln.strip() for ln in lines]
+
+
+def _rows_to_prompts(rows: list[dict[str, str]], path: Path) -> dict[str, str] | list[str]:
+    if not rows:
+        raise ConfigError(f"{path} holds no prompts")
+    if "prompt" not in rows[0]:
+        raise ConfigError(f"{path} has no 'prompt' column/key; found: {', '.join(rows[0]) or 'nothing'}")
+    key = next((k for k in _VIDEO_COLUMNS if k in rows[0]), None)
+    if key is None:
+        return [r["prompt"] for r in rows]
+    return {r[key]: r["prompt"] for r in rows if r.get(key)}
+
+
+def resolve_prompts(
+    videos: Sequence[Path], prompts: Mapping[str, str] | Sequence[str] | None
+) -> tuple[dict[Path, tuple[str, str]], list[Failure]]:
+    """Each video's (prompt, source); videos without a prompt come back as failures."""
+    if isinstance(prompts, Sequence) and not isinstance(prompts, str):
+        if len(prompts) != len(videos):
+            raise ConfigError(
+                f"the prompts file lists {len(prompts)} prompts for {len(videos)} videos; give one prompt per video "
+                "in sorted order, or name each video (CSV/JSONL video column, or TXT 'name<TAB>prompt')"
+            )
+        return {v: (p, "prompts-file") for v, p in zip(videos, prompts, strict=True)}, []
+    table = dict(prompts or {})
+    found: dict[Path, tuple[str, str]] = {}
+    failures: list[Failure] = []
+    for video in videos:
+        prompt = _lookup(table, video)
+        if prompt is not None:
+            found[video] = (prompt, "prompts-file")
+            continue
+        sidecar = video.with_suffix(".txt") if video.is_file() else video.parent / f"{video.name}.txt"
+        if sidecar.is_file() and sidecar.read_text(encoding="utf-8").strip():
+            found[video] = (sidecar.read_text(encoding="utf-8").strip(), "sidecar")
+            continue
+        match = _VBENCH_NAME.match(video.stem if video.is_file() else video.name)
+        if match:
+            found[video] = (match["prompt"].strip(), "vbench-name")
+            continue
+        hint = "the prompts file" if table else "--prompts FILE"
+        failures.append(Failure(str(video), f"no prompt: add {sidecar.name}, list it in {hint}, or name it '{{prompt}}-0{video.suffix}'"))
+    return found, failures
+
+
+def _lookup(table: Mapping[str, str], video: Path) -> str | None:
+    for key in (str(video), str(video.resolve()), video.name, video.stem):
+        if key in table:
+            return table[key]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def clip_frame_indices(total: int, n: int) -> list[int]:
+    """``n`` evenly strided indices out of ``total``; frames repeat when the clip is shorter than ``n``."""
+    return [int(i * total / n) for i in range(n)]
+
+
+def _select_frames(frames: torch.Tensor, model: torch.nn.Module, max_frames: int | None) -> torch.Tensor:
+    total = frames.shape[0]
+    need = getattr(model, "num_frames", None) if getattr(model, "kind", "image") == "video" else None
+    if need:
+        return frames[clip_frame_indices(total, need)]
+    if max_frames and total > max_frames:
+        return frames[clip_frame_indices(total, max_frames)]
+    return frames
+
+
+def score_videos(
+    paths: Iterable[str | os.PathLike],
+    rewards: Sequence[str],
+    prompts_file: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    checkpoints: Mapping[str, str] | None = None,
+    reward_options: Mapping[str, Mapping[str, Any]] | None = None,
+    max_frames: int | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> ScoreReport:
+    """Score every video under ``paths`` with each reward.
+
+    Args:
+        paths: files, folders (searched recursively for mp4/gif/webm) or glob patterns.
+        rewards: registry names (or ``module:factory``); each is loaded once, run over all videos, then freed.
+        prompts_file: CSV / JSONL / TXT prompts (see :func:`read_prompts_file`); else sidecars / VBench names.
+        batch_size: videos per forward pass (videos of equal frame count and size are batched together).
+        device, dtype: where the rewards run.
+        checkpoints: reward name -> weight path (``--reward-checkpoint NAME=PATH``).
+        reward_options: reward name -> loader options (e.g. a small architecture).
+        max_frames: image rewards score at most this many evenly strided frames per video (default: all).
+        on_progress: called as ``(done, total, description)`` after each video and reward.
+
+    Returns:
+        A :class:`ScoreReport`; unreadable files and videos without a prompt are in ``failures``.
+
+    Raises:
+        ConfigError: no video found, or a bad prompts file. Reward loading errors (unknown name, missing
+            weights) propagate as raised by :func:`t2vturbo.rewards.load_reward`.
+    """
+    from .rewards import load_reward
+
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if not rewards:
+        raise ConfigError("no reward given; name at least one with --reward NAME")
+    videos, failures = find_videos(paths)
+    if not videos:
+        raise ConfigError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found in {', '.join(map(str, paths))}")
+    prompts = read_prompts_file(prompts_file) if prompts_file else None
+    prompt_of, no_prompt = resolve_prompts(videos, prompts)
+    failures += no_prompt
+
+    report = ScoreReport(rewards=list(rewards), failures=failures)
+    entries = {v: VideoScore(str(v), *prompt_of[v]) for v in videos if v in prompt_of}
+    pending = list(entries)
+    total, done = len(pending) * len(rewards), 0
+    checkpoints = checkpoints or {}
+    reward_options = reward_options or {}
+    for name in rewards:
+        model = load_reward(name, checkpoint=checkpoints.get(name), device=device, dtype=dtype, **reward_options.get(name, {}))
+        buckets: dict[tuple[int, ...], list[tuple[Path, torch.Tensor]]] = {}
+        unreadable: list[Path] = []
+
+        def flush(key, name=name, model=model, buckets=buckets):
+            nonlocal done
+            batch = buckets.pop(key)
+            _score_batch(model, name, batch, entries, report)
+            done += len(batch)
+            if on_progress:
+                on_progress(done, total, name)
+
+        for video, frames in _prefetch(pending, lookahead=batch_size):
+            if isinstance(frames, VideoReadError):
+                report.failures.append(Failure(str(video), str(frames)))
+                unreadable.append(video)
+                done += len(rewards)  # it will not be tried by the other rewards either
+                if on_progress:
+                    on_progress(done, total, name)
+                continue
+            entries[video].frames = frames.shape[0]
+            frames = _select_frames(frames, model, max_frames)
+            key = tuple(frames.shape)
+            buckets.setdefault(key, []).append((video, frames))
+            if len(buckets[key]) >= batch_size:
+                flush(key)
+        for key in list(buckets):
+            flush(key)
+        pending = [v for v in pending if v not in unreadable]
+        del model
+        if str(device).startswith("cuda"):
+            torch.cuda.empty_cache()
+    report.videos = [entries[v] for v in pending if entries[v].scores]
+    return report
+
+
+def _score_batch(model, name: str, batch, entries: dict[Path, VideoScore], report: ScoreReport) -> None:
+    videos = [v for v, _ in batch]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        frames = torch.stack([f for _, f in batch]).to(device)
+        with torch.no_grad():
+            scores = model(frames, [entries[v].prompt for v in videos]).float().cpu().tolist()
+    except (RuntimeError, ValueError) as err:  # e.g. out of memory, a clip the model cannot take
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        report.failures.extend(Failure(str(v), reason, reward=name) for v in videos)
+        return
+    for video, score in zip(videos, scores, strict=True):
+        entries[video].scores[name] = score
+
+
+def _prefetch(videos: Sequence[Path], lookahead: int) -> Iterator[tuple[Path, torch.Tensor | VideoReadError]]:
+    """Decode videos in a background thread, ``lookahead`` ahead of the consumer (decoding overlaps scoring)."""
+
+    def read(path: Path) -> torch.Tensor | VideoReadError:
+        try:
+            return read_video(path)
+        except VideoReadError as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        queue: list[tuple[Path, Future]] = []
+        it = iter(videos)
+        for video in it:
+            queue.append((video, pool.submit(read, video)))
+            if len(queue) > lookahead:
+                break
+        while queue:
+            video, fut = queue.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(read, nxt)))
+            yield video, fut.result()

@@ -1,0 +1,159 @@
+"""`score` over folders: good videos are scored, bad files are reported one line each, JSON/CSV say the same,
+and the exit code tells whether anything failed."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from t2vturbo_cli.main import app
+from typer.testing import CliRunner
+
+from t2vturbo.errors import ConfigError
+from t2vturbo.score import read_prompts_file, score_videos
+from t2vturbo.video import write_video
+
+TINY_VICLIP = dict(vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
+                   embed_dim=16, patch_size=56)
+
+
+def _clip(colour, t=8, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor(colour, dtype=torch.float32).view(1, 3, 1, 1)
+    return (0.8 * base + 0.2 * torch.rand(t, 3, size, size, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two good videos (VBench name, sidecar), one video without a prompt, a zero-byte file, a text file as mp4."""
+    d = tmp_path / "videos"
+    write_video(_clip((1, 0, 0)), d / "a red car-0.mp4", fps=8)
+    write_video(_clip((0, 0, 1), t=6, seed=1), d / "clip_b.gif", fps=8)
+    (d / "clip_b.txt").write_text("a blue sea\n")
+    write_video(_clip((0, 1, 0), seed=2), d / "untitled.mp4", fps=8)
+    (d / "broken-0.mp4").write_bytes(b"")
+    (d / "notes-1.mp4").write_text("these are my notes, not a video\n" * 20)
+    return d
+
+
+def test_score_folder_reports_good_and_bad(folder, tmp_path):
+    report = score_videos([folder], ["toy-image", "toy-video"], batch_size=4)
+    scored = {v.path.split("/")[-1]: v for v in report.videos}
+    assert sorted(scored) == ["a red car-0.mp4", "clip_b.gif"]
+    assert scored["a red car-0.mp4"].prompt == "a red car" and scored["a red car-0.mp4"].prompt_source == "vbench-name"
+    assert scored["clip_b.gif"].prompt == "a blue sea" and scored["clip_b.gif"].prompt_source == "sidecar"
+    assert scored["clip_b.gif"].frames == 6
+    # a red clip scores better on the colour reward for "red" than its distance to grey would
+    assert scored["a red car-0.mp4"].scores["toy-image"] > -0.1
+    failed = {f.path.split("/")[-1]: f.error for f in report.failures}
+    assert sorted(failed) == ["broken-0.mp4", "notes-1.mp4", "untitled.mp4"]  # once each, not once per reward
+    assert "empty" in failed["broken-0.mp4"] and "not a decodable video" in failed["notes-1.mp4"]
+    assert "no prompt" in failed["untitled.mp4"] and "\n" not in "".join(failed.values())
+    means = report.means()
+    assert means["toy-image"] == pytest.approx(sum(v.scores["toy-image"] for v in report.videos) / 2)
+    assert not report.ok
+
+
+def test_batching_gives_the_same_scores_as_one_by_one(folder):
+    # a tiny random ViCLIP (video reward, 8 frames: the 6-frame gif is strided with repeats) and the toy reward
+    from t2vturbo.rewards.viclip import ViCLIP, ViCLIPConfig
+
+    torch.manual_seed(0)
+    model = ViCLIP(ViCLIPConfig(**TINY_VICLIP))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    ckpt = folder.parent / "viclip.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    write_video(_clip((1, 1, 0), seed=3), folder / "a yellow bird-3.mp4", fps=8)
+    kwargs = dict(checkpoints={"viclip": str(ckpt)}, reward_options={"viclip": TINY_VICLIP})
+    one = score_videos([folder], ["viclip", "toy-image"], batch_size=1, **kwargs)
+    many = score_videos([folder], ["viclip", "toy-image"], batch_size=8, **kwargs)
+    assert [v.path for v in one.videos] == [v.path for v in many.videos] and len(one.videos) == 3
+    for a, b in zip(one.videos, many.videos, strict=True):
+        assert a.scores.keys() == {"viclip", "toy-image"}
+        for name in a.scores:
+            assert a.scores[name] == pytest.approx(b.scores[name], abs=1e-5)
+    # the viclip score is the model's own score of the decoded clip
+    from t2vturbo.video import read_video
+
+    video = read_video(folder / "a red car-0.mp4")[None]
+    with torch.no_grad():
+        direct = model.eval()(video, ["a red car"]).item()
+    got = next(v for v in many.videos if v.path.endswith("a red car-0.mp4")).scores["viclip"]
+    assert got == pytest.approx(direct, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "txt-named", "txt-ordered"])
+def test_prompts_file_formats(tmp_path, kind):
+    d = tmp_path / "v"
+    write_video(_clip((1, 0, 0)), d / "x1.mp4", fps=8)
+    write_video(_clip((0, 0, 1)), d / "x2.mp4", fps=8)
+    f = tmp_path / {"csv": "p.csv", "jsonl": "p.jsonl"}.get(kind, "p.txt")
+    if kind == "csv":
+        f.write_text('video,prompt\nx1.mp4,"red, very red"\nx2,blue\n')
+    elif kind == "jsonl":
+        f.write_text('{"video": "x1.mp4", "prompt": "red, very red"}\n\n{"path": "ignored", "video": "x2", "prompt": "blue"}\n')
+    elif kind == "txt-named":
+        f.write_text("x1.mp4\tred, very red\nx2\tblue\n")
+    else:
+        f.write_text("red, very red\nblue\n")
+    report = score_videos([d], ["toy-image"], prompts_file=f)
+    assert report.ok
+    assert {v.path.split("/")[-1]: v.prompt for v in report.videos} == {"x1.mp4": "red, very red", "x2.mp4": "blue"}
+    assert {v.prompt_source for v in report.videos} == {"prompts-file"}
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+    (tmp_path / "p.txt").write_text("one\ntwo\nthree\n")
+    write_video(_clip((1, 0, 0)), tmp_path / "only-0.mp4", fps=8)
+    with pytest.raises(ConfigError, match="3 prompts for 1 videos"):
+        score_videos([tmp_path], ["toy-image"], prompts_file=tmp_path / "p.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no videos"):
+        score_videos([tmp_path / "empty"], ["toy-image"])
+    (tmp_path / "bad.csv").write_text("file,text\na,b\n")
+    with pytest.raises(ConfigError, match="no 'prompt' column"):
+        read_prompts_file(tmp_path / "bad.csv")
+
+
+def test_cli_score_table_json_csv_and_exit_codes(folder, tmp_path):
+    runner = CliRunner()
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    res = runner.invoke(app, ["score", str(folder), "--reward", "toy-image", "-r", "toy-video", "--json", str(out_json),
+                              "--csv", str(out_csv), "--batch-size", "2", "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    out = res.output
+    assert "a red car-0.mp4" in out and "clip_b.gif" in out and "mean" in out
+    failed_lines = [ln for ln in out.splitlines() if ln.startswith("failed:")]
+    assert len(failed_lines) == 3
+    for name in ("broken-0.mp4", "notes-1.mp4", "untitled.mp4"):
+        assert sum(name in ln for ln in failed_lines) == 1
+    data = json.loads(out_json.read_text())
+    assert data["ok"] is False and data["num_scored"] == 2 and data["num_failed"] == 3
+    assert sorted(f["path"].split("/")[-1] for f in data["failures"]) == ["broken-0.mp4", "notes-1.mp4", "untitled.mp4"]
+    assert {v["path"].split("/")[-1] for v in data["videos"]} == {"a red car-0.mp4", "clip_b.gif"}
+    assert set(data["means"]) == {"toy-image", "toy-video"}
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["error"] == "" for r in rows].count(True) == 2 and len(rows) == 5
+    assert float(rows[0]["toy-image"]) == pytest.approx(data["videos"][0]["scores"]["toy-image"], abs=1e-6)
+
+    # only good files: exit 0 (a glob picks them)
+    res = runner.invoke(app, ["score", str(folder / "*-0.mp4"), str(folder / "clip_b.gif"), "--reward", "toy-image"])
+    assert res.exit_code == 1  # broken-0.mp4 matches the glob too
+    res = runner.invoke(app, ["score", str(folder / "a red*.mp4"), str(folder / "clip_b.gif"), "--reward", "toy-image"])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_usage_errors_exit_2(folder):
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(folder), "--reward", "no-such-reward"])
+    assert res.exit_code == 2 and "known rewards" in res.output and "toy-image" in res.output
+    res = runner.invoke(app, ["score", str(folder)])
+    assert res.exit_code == 2 and "--reward" in res.output
+    res = runner.invoke(app, ["score", str(folder), "--reward", "viclip", "--reward-checkpoint", "viclip"])
+    assert res.exit_code == 2 and "NAME=PATH" in res.output
+    res = runner.invoke(app, ["score", str(folder / "nothing-here"), "--reward", "toy-image"])
+    assert res.exit_code == 2 and "no videos" in res.output
