@@ -1,13 +1,14 @@
 """Read and write videos: mp4 / webm / gif files and folders of PNG frames.
 
 This is the one place that touches video files. Frames are float tensors of shape (T, 3, H, W) in [0, 1].
-Decoding goes through PyAV (via imageio); every failure becomes a one-line :class:`VideoReadError`.
+Decoding and mp4/webm encoding go through PyAV; GIF and PNG frames through Pillow; every failure becomes a one-line :class:`VideoReadError`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +49,23 @@ def read_video(path: str | os.PathLike) -> torch.Tensor:
 
 
 def _decode_file(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
+    import av
 
     try:
-        frames = iio.imread(path, plugin="pyav", format="rgb24")
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"cannot read video {path}: it has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    except VideoReadError:
+        raise
     except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
-    frames = np.asarray(frames)
-    if frames.ndim == 3:  # a single still image decoded as one frame
-        frames = frames[None]
-    if frames.ndim != 4 or frames.shape[0] == 0:
+    if not frames:
         raise VideoReadError(f"cannot read video {path}: it holds no frames")
-    return np.ascontiguousarray(frames[..., :3])
+    return np.stack(frames)
 
 
 def _natural_key(name: str) -> list:
@@ -68,7 +73,7 @@ def _natural_key(name: str) -> list:
 
 
 def _read_frame_folder(folder: Path) -> np.ndarray:
-    import imageio.v3 as iio
+    from PIL import Image
 
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES), key=lambda p: _natural_key(p.name))
     if not files:
@@ -76,15 +81,12 @@ def _read_frame_folder(folder: Path) -> np.ndarray:
     frames = []
     for f in files:
         try:
-            img = np.asarray(iio.imread(f))
+            with Image.open(f) as im:
+                img = np.asarray(im.convert("RGB"))
         except Exception as err:
             reason = (str(err).splitlines() or [type(err).__name__])[0]
             raise VideoReadError(f"cannot read frame {f}: {reason}") from None
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=-1)
-        if img.dtype != np.uint8:  # e.g. 16-bit PNG
-            img = (img.astype(np.float64) / np.iinfo(img.dtype).max * 255).round().astype(np.uint8)
-        frames.append(img[..., :3])
+        frames.append(img)
     if len({f.shape for f in frames}) != 1:
         raise VideoReadError(f"cannot read video {folder}: its frames have different sizes")
     return np.stack(frames)
@@ -120,30 +122,36 @@ def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8.0)
 
 
 def _write_pyav(pixels: np.ndarray, path: Path, fps: float, codec: str) -> None:
-    import imageio.v3 as iio
+    import av
 
     # yuv420p needs even sizes: repeat the last row/column when needed.
     pad_h, pad_w = pixels.shape[1] % 2, pixels.shape[2] % 2
     if pad_h or pad_w:
         pixels = np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    iio.imwrite(path, pixels, plugin="pyav", codec=codec, fps=_fps_for_pyav(fps), out_pixel_format="yuv420p")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=_fps_fraction(fps))
+        stream.width, stream.height = pixels.shape[2], pixels.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"} if codec == "libx264" else {"crf": "20", "b": "0"}
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder
 
 
-def _fps_for_pyav(fps: float):
-    from fractions import Fraction
-
-    return int(fps) if float(fps).is_integer() else Fraction(fps).limit_denominator(1001)
+def _fps_fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
 
 
 def _write_gif(pixels: np.ndarray, path: Path, fps: float) -> None:
-    import imageio.v3 as iio
+    from PIL import Image
 
-    iio.imwrite(path, pixels, plugin="pillow", duration=int(round(1000 / fps)), loop=0)
+    images = [Image.fromarray(frame) for frame in pixels]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 def _write_png_folder(pixels: np.ndarray, folder: Path) -> None:
-    import imageio.v3 as iio
+    from PIL import Image
 
     folder.mkdir(parents=True)
     for i, frame in enumerate(pixels):
-        iio.imwrite(folder / f"{i:05d}.png", frame)
+        Image.fromarray(frame).save(folder / f"{i:05d}.png")
