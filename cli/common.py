@@ -10,7 +10,7 @@ from collections.abc import Callable
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -373,6 +373,7 @@ class Distiller:
                                 self.ema[n].lerp_(p.detach(), 1 - r.distill.ema_decay)
                 self.step += 1
                 row = {"step": self.step, "loss": float(loss.detach()), **metrics,
+                       "skipped_clips": len(self.stream.skipped),
                        "lr": self.scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm) if grad_norm is not None else None,
                        "seconds": round(time.perf_counter() - t0, 4)}
@@ -487,9 +488,24 @@ class Distiller:
 
         return plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
 
+    def write_rank_summary(self) -> Path:
+        """Every rank writes rank-<r>.json: a hash of its student weights (identical across ranks under DDP)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, tensor in sorted(student_state_dict(self.unet).items()):
+            h.update(name.encode())
+            h.update(tensor.float().numpy().tobytes())
+        path = self.out / f"rank-{self.rank}.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"rank": self.rank, "world_size": self.world, "step": self.step,
+                                       "student_sha256": h.hexdigest(), "data": self.stream.state_dict()}) + "\n")
+        return path
+
     def run(self) -> Path | None:
         self.setup()
         self.train()
+        self.write_rank_summary()
         path = self.save_final()
         self.write_samples()
         self.plot_curves()

@@ -1,0 +1,80 @@
+import math
+
+import torch
+
+from t2vturbo.consistency import (
+    add_noise,
+    boundary_scalings,
+    consistency_loss,
+    consistency_output,
+    ddim_step,
+    ddim_timesteps,
+    guidance_embedding,
+    lcm_guidance,
+    predict_x0,
+    sampling_timesteps,
+)
+from t2vturbo.models import scaled_linear_alphas_cumprod
+
+
+def test_solver_grid_and_sampling_timesteps_match_the_reference():
+    t = ddim_timesteps(1000, 50)
+    assert t[0] == 19 and t[-1] == 999 and len(t) == 50 and (t.diff() == 20).all()
+    assert sampling_timesteps(4) == [999, 759, 519, 279]
+    assert sampling_timesteps(1) == [999]
+    assert sampling_timesteps(2) == [999, 499]
+
+
+def test_boundary_scalings():
+    c_skip, c_out = boundary_scalings(torch.tensor([0, 1, 999]))
+    assert c_skip[0] == 1 and c_out[0] == 0
+    # c_skip^2 ... closed form at t = 1: 0.25 / (100 + 0.25)
+    assert math.isclose(float(c_skip[1]), 0.25 / 100.25, rel_tol=1e-6)
+    assert math.isclose(float(c_out[1]), 10 / math.sqrt(100.25), rel_tol=1e-6)
+    assert float(c_out[2]) > 0.99999
+
+
+def test_noise_x0_round_trip_and_ddim_step():
+    a = scaled_linear_alphas_cumprod()
+    x0 = torch.randn(2, 4, 3, 5, 5)
+    eps = torch.randn_like(x0)
+    t = torch.tensor([10, 900])
+    x_t = add_noise(x0, eps, a[t])
+    torch.testing.assert_close(predict_x0(eps, x_t, a[t]), x0, atol=1e-4, rtol=1e-4)
+    # A DDIM step to the same timestep returns x_t itself.
+    torch.testing.assert_close(ddim_step(x0, eps, a[t]), x_t, atol=1e-5, rtol=1e-5)
+    # At t = 0 the consistency function is the identity on x_t.
+    torch.testing.assert_close(consistency_output(x_t, x0, torch.tensor([0, 0])), x_t)
+
+
+def test_lcm_guidance_form():
+    c, u = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 3.0]])
+    out = lcm_guidance(c, u, torch.tensor([2.0]))
+    torch.testing.assert_close(out, torch.tensor([[2.0, 0.0]]))
+
+
+def test_guidance_embedding_formula():
+    w = torch.tensor([7.5])
+    e = guidance_embedding(w, 256)
+    assert e.shape == (1, 256)
+    i = torch.arange(128, dtype=torch.float32)
+    args = 7500.0 * torch.exp(-math.log(10000.0) * i / 127)
+    # w * 1000 reaches thousands of radians: another summation order moves sin/cos by ~1e-3 (fixture README).
+    torch.testing.assert_close(e[0, :128], torch.sin(args), atol=1e-3, rtol=0)
+    torch.testing.assert_close(e[0, 128:], torch.cos(args), atol=1e-3, rtol=0)
+
+
+def test_guidance_embedding_matches_the_reference_vector():
+    from conftest import shared_path
+    from safetensors.torch import load_file
+
+    d = load_file(str(shared_path("fixtures", "vc2_small_student", "inputs.safetensors")))
+    torch.testing.assert_close(guidance_embedding(d["w"], 256), d["w_emb"], atol=1e-5, rtol=0)
+
+
+def test_huber_and_l2():
+    p, t = torch.zeros(4), torch.tensor([0.0, 1.0, -1.0, 0.0])
+    c = 0.001
+    expect = (2 * (math.sqrt(1 + c * c) - c)) / 4
+    assert math.isclose(float(consistency_loss(p, t, "huber", c)), expect, rel_tol=1e-6)
+    assert math.isclose(float(consistency_loss(p, t, "l2")), 0.5, rel_tol=1e-6)
