@@ -80,6 +80,29 @@ def fold_guidance(unet: nn.Module, guidance: float) -> nn.Module:
     return unet
 
 
+def fold_fps(unet: nn.Module, fps: int | None = None) -> nn.Module:
+    """VideoCrafter2: fold the fps embedding at a fixed ``fps`` into ``time_embedding.linear_2.bias``, remove it.
+
+    The fps embedding adds fps_embedding(fps) to the time-MLP output (no activation after linear_2 in
+    UNet3DConditionModel), so for a fixed fps it is a constant bias.
+    """
+    fps_module = getattr(unet, "fps_embedding", None)
+    if fps_module is None:
+        return unet
+    value = int(fps if fps is not None else fps_module.default_fps)
+    lin = unet.time_embedding.linear_2
+    if unet.time_embedding.post_act is not None:
+        raise CheckpointError("cannot fold the fps embedding: the time embedding has an activation after linear_2")
+    with torch.no_grad():
+        shift = fps_module(torch.tensor([value], device=lin.weight.device))[0]
+        lin.bias.copy_((lin.bias.double() + shift.double()).to(lin.bias.dtype))
+    hook = getattr(fps_module, "_hook", None)
+    if hook is not None:
+        hook.remove()
+    del unet.fps_embedding
+    return unet
+
+
 # --------------------------------------------------------------------------------------------- writers
 def lcm_scheduler_config(base_spec: str, origin_steps: int) -> dict[str, Any]:
     """An LCMScheduler config with the base model's noise schedule (diffusers folder) or the standard one."""
@@ -94,23 +117,22 @@ def lcm_scheduler_config(base_spec: str, origin_steps: int) -> dict[str, Any]:
 
 
 def write_diffusers_pipeline(parts: Any, folder: Path, guidance: float, origin_steps: int, base_spec: str,
-                             dtype: torch.dtype = torch.float32) -> None:
+                             dtype: torch.dtype = torch.float32, fps: int | None = None) -> None:
     """Merge + fold the student in ``parts.unet`` and save a TextToVideoSDPipeline into ``folder`` (must not exist)."""
     from diffusers import LCMScheduler, TextToVideoSDPipeline
 
     unet = parts.unet
-    if getattr(unet, "fps_embedding", None) is not None:
-        raise ConfigError("stock diffusers cannot run an fps-conditioned (VideoCrafter2) UNet; "
-                          "export it with --format lora instead")
     merge_lora(unet)
     fold_guidance(unet, guidance)
+    fold_fps(unet, fps)
     scheduler = LCMScheduler.from_config(lcm_scheduler_config(base_spec, origin_steps))
     if not torch.allclose(scheduler.alphas_cumprod, parts.alphas_cumprod.cpu().float(), atol=1e-6):
         raise CheckpointError(f"cannot express the noise schedule of {base_spec} as an LCMScheduler config")
     parts.vae.register_to_config(scaling_factor=float(parts.vae_scale))
     pipe = TextToVideoSDPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                                  unet=unet, scheduler=scheduler)
-    pipe.to(dtype=dtype)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
@@ -150,6 +172,26 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def pipeline_timesteps(model_spec: str | Path, steps: int) -> list[int] | None:
+    """The timesteps stock diffusers runs an exported folder with (its LCMScheduler, ``set_timesteps(steps)``).
+
+    ``None`` when ``model_spec`` is not a folder with an LCMScheduler config. For 4 of 50 steps this is
+    [999, 759, 499, 259] (the reference sampler's own choice is [999, 759, 519, 279]); sampling an exported
+    model with these is what makes t2vturbo and diffusers agree.
+    """
+    cfg_file = Path(model_spec) / "scheduler" / "scheduler_config.json"
+    if not cfg_file.is_file():
+        return None
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("_class_name") != "LCMScheduler":
+        return None
+    from diffusers import LCMScheduler
+
+    scheduler = LCMScheduler.from_config(cfg)
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
 # --------------------------------------------------------------------------------------------- entry point
 def recorded_base_model(student_path: str | Path) -> str | None:
     """The base model a student records: student.json ``base_model`` or a peft config's base model."""
@@ -177,6 +219,7 @@ def export_student(
     out_dir: str | Path = "exported",
     guidance: float = 7.5,
     dtype: str = "float32",
+    fps: int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``student_path`` (any student format) as a diffusers pipeline or a peft adapter folder.
@@ -189,6 +232,8 @@ def export_student(
         out_dir: the folder to write; it appears complete or not at all.
         guidance: diffusers only: the guidance scale w folded into the UNet.
         dtype: diffusers only: weight dtype of the written pipeline (float32, float16, bfloat16).
+        fps: diffusers only, fps-conditioned models (VideoCrafter2): the frame rate folded into the UNet
+            (default: the model's).
         overwrite: replace an existing non-empty ``out_dir``.
 
     Returns:
@@ -220,16 +265,20 @@ def export_student(
             info.update(guidance_embedding="sin/cos of w*1000, 256-d (t2vturbo.consistency.guidance_embedding)",
                         default_guidance=meta.get("default_guidance", 7.5), fps=meta.get("fps"))
         else:
-            write_diffusers_pipeline(parts, tmp, guidance, origin, base, DTYPES[dtype])
-            info.update(guidance_folded=float(guidance), run_with={"guidance_scale": 1.0})
+            folded_fps = fps if fps is not None else parts.default_fps
+            write_diffusers_pipeline(parts, tmp, guidance, origin, base, DTYPES[dtype], fps)
+            info.update(guidance_folded=float(guidance), fps_folded=folded_fps, run_with={"guidance_scale": 1.0})
         (tmp / EXPORT_META).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return out
 
 
 def _student_meta(student_path: str | Path) -> dict[str, Any]:
+    """student.json of our own students (schedule, defaults); {} for other formats."""
     from .official_lora import detect_student_format
-    from .student import read_student
+    from .student import STUDENT_META
 
-    if detect_student_format(student_path) != "t2vturbo":
+    path = Path(student_path)
+    if detect_student_format(path) != "t2vturbo":
         return {}
-    return read_student(student_path)[1]
+    meta = path / STUDENT_META if path.is_dir() else path.with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.is_file() else {}

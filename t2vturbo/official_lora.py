@@ -290,15 +290,11 @@ def detect_student_format(path: str | Path) -> str:
 
 
 def _default_module_names(unet: nn.Module) -> list[str]:
-    """The official order for this UNet: VideoCrafter2's (when :mod:`t2vturbo.vc2` provides it) or ModelScope's."""
+    """The release order for this UNet: VideoCrafter2's (fps-conditioned, :mod:`t2vturbo.vc2`) or ModelScope's."""
     if getattr(unet, "fps_embedding", None) is not None:
-        try:
-            from . import vc2
-        except ModuleNotFoundError:
-            vc2 = None
-        names_fn = getattr(vc2, "official_lora_module_names", None)
-        if names_fn is not None:
-            return list(names_fn(unet))
+        from .vc2 import layout_of, vc2_lora_module_names
+
+        return vc2_lora_module_names(layout_of(unet))
     return ms_official_module_names(unet)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from t2vturbo.official_lora import (
 )
 from t2vturbo.safeio import load_weights
 from t2vturbo.student import add_guidance_projection
-from t2vturbo.tiny import build_tiny_teacher
+from t2vturbo.tiny.teacher import UNET_CONFIG
 
 
 def _module_weight_shape(unet, name):
@@ -44,24 +46,33 @@ def official_list(unet, rank=4, seed=0):
     return tensors
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # the shared 2-core machine: one thread is faster than two fighting other jobs
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def tiny_parts():
-    return build_tiny_teacher(seed=0)
+    """The tiny teacher's UNet (architecture of build_tiny_teacher; VAE and text encoder are not needed here)."""
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(0)
+    return SimpleNamespace(unet=UNet3DConditionModel(**UNET_CONFIG).eval())
 
 
 def fresh_parts(tiny_parts):
     """A copy of the tiny teacher parts with an untouched UNet."""
-    import copy
-
-    parts = copy.copy(tiny_parts)
-    parts.unet = copy.deepcopy(tiny_parts.unet)
-    return parts
+    return SimpleNamespace(unet=copy.deepcopy(tiny_parts.unet))
 
 
-def unet_inputs(seed=1):
+def unet_inputs(unet, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 4, 2, 8, 8, generator=gen)
-    ctx = torch.randn(1, 5, 64, generator=gen)
+    x = torch.randn(1, unet.config.in_channels, 2, 8, 8, generator=gen)
+    ctx = torch.randn(1, 5, unet.config.cross_attention_dim, generator=gen)
     return x, torch.tensor([500]), ctx
 
 
@@ -77,7 +88,7 @@ def test_official_list_merges_to_w_plus_up_down(tiny_parts, tmp_path):
     names = ms_official_module_names(tiny_parts.unet)
     assert unet.time_embedding.cond_proj is not None
 
-    x, t, ctx = unet_inputs()
+    x, t, ctx = unet_inputs(unet)
     from t2vturbo.consistency import guidance_embedding
 
     w_emb = guidance_embedding(torch.tensor([7.5]))
@@ -90,7 +101,8 @@ def test_official_list_merges_to_w_plus_up_down(tiny_parts, tmp_path):
     assert torch.allclose(out_adapter, out_merged, atol=1e-5)
 
     # the re-created guidance projection: nn.Linear default init from the documented seed
-    expected_proj = add_guidance_projection(_stub_unet(), 256, init="kaiming", seed=GUIDANCE_PROJECTION_SEED).weight
+    c0 = unet.time_embedding.linear_1.in_features
+    expected_proj = add_guidance_projection(_stub_unet(c0), 256, init="kaiming", seed=GUIDANCE_PROJECTION_SEED).weight
     merged = unet.state_dict()
     for i, name in enumerate(names):
         up, down = tensors[2 * i], tensors[2 * i + 1]
@@ -101,11 +113,11 @@ def test_official_list_merges_to_w_plus_up_down(tiny_parts, tmp_path):
     assert "time_embedding.cond_proj.weight" in merged
 
 
-def _stub_unet():
-    """Just enough of a UNet for add_guidance_projection (time_embedding.linear_1 with 64 inputs)."""
+def _stub_unet(channels):
+    """Just enough of a UNet for add_guidance_projection (time_embedding.linear_1 with ``channels`` inputs)."""
     stub = nn.Module()
     stub.time_embedding = nn.Module()
-    stub.time_embedding.linear_1 = nn.Linear(64, 4)
+    stub.time_embedding.linear_1 = nn.Linear(channels, 4)
     return stub
 
 
