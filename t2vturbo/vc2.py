@@ -533,8 +533,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: table[b] for b in keep + [b for b in range(256) if b not in keep]}
 
 
-def write_open_clip_tokenizer_files(folder: str | Path) -> Path:
-    """Write vocab.json + merges.txt equal to open_clip's tokenizer, from open_clip's packaged BPE file."""
+def open_clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of open_clip's tokenizer, read from open_clip's packaged BPE file."""
     import open_clip
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
@@ -545,26 +545,16 @@ def write_open_clip_tokenizer_files(folder: str | Path) -> Path:
     alphabet = list(_bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
-                                       encoding="utf-8")
-    return folder
+    return {t: i for i, t in enumerate(tokens)}, merges
 
 
 def build_clip_tokenizer(max_length: int = 77):
     """transformers CLIPTokenizer equal to open_clip's: lower-case BPE, sot/eot, padded with 0 ("!") to 77."""
-    import tempfile
-
     from transformers import CLIPTokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        write_open_clip_tokenizer_files(tmp)
-        return CLIPTokenizer(
-            vocab_file=str(Path(tmp) / "vocab.json"), merges_file=str(Path(tmp) / "merges.txt"),
-            pad_token="!", model_max_length=max_length,
-        )
+    vocab, merges = open_clip_bpe()
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), pad_token="!",
+                         model_max_length=max_length)
 
 
 # --------------------------------------------------------------------------------------------------------------
