@@ -32,7 +32,3 @@ for _mod in ("distill_cmd", "sample_cmd", "score_cmd", "export_cmd", "convert_cm
 
 def main() -> None:  # pragma: no cover - entry point
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
