@@ -295,7 +295,7 @@ def score_videos(
         def flush(key, name=name, model=model, buckets=buckets):
             nonlocal done
             batch = buckets.pop(key)
-            _score_batch(model, name, batch, entries, report)
+            _score_batch(model, name, batch, entries, report, device)
             done += len(batch)
             if on_progress:
                 on_progress(done, total, name)
@@ -324,10 +324,8 @@ def score_videos(
     return report
 
 
-def _score_batch(model, name: str, batch, entries: dict[Path, VideoScore], report: ScoreReport) -> None:
+def _score_batch(model, name: str, batch, entries: dict[Path, VideoScore], report: ScoreReport, device) -> None:
     videos = [v for v, _ in batch]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     try:
         frames = torch.stack([f for _, f in batch]).to(device)
         with torch.no_grad():
