@@ -157,3 +157,30 @@ def test_cli_usage_errors_exit_2(folder):
     assert res.exit_code == 2 and "NAME=PATH" in res.output
     res = runner.invoke(app, ["score", str(folder / "nothing-here"), "--reward", "toy-image"])
     assert res.exit_code == 2 and "no videos" in res.output
+
+
+def test_png_folder_video_and_frame_selection(tmp_path):
+    from t2vturbo.rewards import RewardModel, register_reward
+
+    class FrameCount(RewardModel):
+        """Scores a clip by the number of frames it was given (checks what score passes to rewards)."""
+
+        def __init__(self, kind, num_frames=None):
+            super().__init__()
+            self.kind, self.num_frames = kind, num_frames
+
+        def forward(self, frames, prompts):
+            return torch.full((frames.shape[0],), float(frames.shape[1]))
+
+    register_reward("test-frame-count-image", kind="image")(lambda **kw: FrameCount("image"))
+    register_reward("test-frame-count-video", kind="video")(lambda **kw: FrameCount("video", num_frames=8))
+    d = tmp_path / "v"
+    write_video(_clip((1, 0, 0), t=12), d / "long-0.mp4", fps=8)
+    write_video(_clip((0, 1, 0), t=3), d / "frames_clip", fps=8)  # a PNG-frame folder
+    (d / "frames_clip.txt").write_text("green")
+    rewards = ["test-frame-count-image", "test-frame-count-video"]
+    report = score_videos([d / "long-0.mp4", d / "frames_clip"], rewards, max_frames=5)
+    got = {v.path.split("/")[-1]: (v.frames, v.scores) for v in report.videos}
+    assert report.ok
+    assert got["long-0.mp4"] == (12, {"test-frame-count-image": 5.0, "test-frame-count-video": 8.0})
+    assert got["frames_clip"] == (3, {"test-frame-count-image": 3.0, "test-frame-count-video": 8.0})
