@@ -329,7 +329,7 @@ def small_vc2_state(fixture_state) -> dict[str, torch.Tensor]:
     """A whole small VC2 model.ckpt state_dict: the fixture UNet, a small LDM VAE, a small open_clip text tower."""
     state = {vc2.UNET_PREFIX + k: v for k, v in fixture_state.items()}
     state.update({vc2.VAE_PREFIX + k: v for k, v in _ldm_vae_state(torch.Generator().manual_seed(2)).items()})
-    state.update({vc2.TEXT_PREFIX + k: v for k, v in _open_clip_text().state_dict().items()})
+    state.update({vc2.TEXT_PREFIX + k: v for k, v in _open_clip_text(heads=1).state_dict().items()})
     return state
 
 
@@ -338,7 +338,7 @@ def test_convert_save_and_load_teacher_roundtrip(small_vc2_state, tmp_path):
 
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": small_vc2_state}, path)
-    parts = vc2.convert_vc2_checkpoint(path, text_heads=2)
+    parts = vc2.convert_vc2_checkpoint(path)
     assert parts.default_fps == 16 and parts.tokenizer.model_max_length == 77
     out = vc2.save_converted(parts, tmp_path / "vc2-diffusers")
     for sub in ("unet/config.json", "unet/fps_embedding.safetensors", "unet/fps_embedding.json", "vae/config.json",
@@ -363,7 +363,7 @@ def test_sample_with_converted_small_model_writes_a_video(small_vc2_state, tmp_p
     video = pytest.importorskip("t2vturbo.video")
     from t2vturbo.student import LoraSettings, make_student
 
-    parts = vc2.convert_vc2_state(dict(small_vc2_state), text_heads=2)
+    parts = vc2.convert_vc2_state(dict(small_vc2_state))
     make_student(parts.unet, LoraSettings(rank=4))
     result = sampling.sample_video(parts, ["a dog"], steps=2, frames=4, height=32, width=32, seed=0)
     frames = result.videos if hasattr(result, "videos") else result[0]
@@ -377,3 +377,24 @@ def test_not_a_vc2_checkpoint_is_refused_in_one_line(tmp_path):
     torch.save({"state_dict": {"foo.weight": torch.zeros(1)}}, path)
     with pytest.raises(CheckpointError, match="not a VideoCrafter2 model.ckpt"):
         vc2.convert_vc2_checkpoint(path)
+
+
+def test_convert_command_writes_a_loadable_folder(small_vc2_state, tmp_path):
+    from t2vturbo_cli.main import app
+    from typer.testing import CliRunner
+
+    from t2vturbo.models import load_teacher
+
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {k: v.half() for k, v in small_vc2_state.items()}}, ckpt)
+    out = tmp_path / "vc2"
+    result = CliRunner().invoke(app, ["convert", "vc2", str(ckpt), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "unet" / "fps_embedding.json").read_text())["default_fps"] == 16
+    loaded = load_teacher(str(out))
+    assert loaded.default_fps == 16 and loaded.text_encoder.config.num_hidden_layers == 2
+    assert next(iter(load_file(out / "vae" / "diffusion_pytorch_model.safetensors").values())).dtype == torch.float16
+    again = CliRunner().invoke(app, ["convert", "vc2", str(ckpt), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    other = CliRunner().invoke(app, ["convert", "sd15", str(ckpt), "--out", str(tmp_path / "x")])
+    assert other.exit_code == 2 and "unknown format" in other.output
