@@ -129,8 +129,15 @@ def write_diffusers_pipeline(parts: Any, folder: Path, guidance: float, origin_s
     if not torch.allclose(scheduler.alphas_cumprod, parts.alphas_cumprod.cpu().float(), atol=1e-6):
         raise CheckpointError(f"cannot express the noise schedule of {base_spec} as an LCMScheduler config")
     parts.vae.register_to_config(scaling_factor=float(parts.vae_scale))
-    pipe = TextToVideoSDPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-                                 unet=unet, scheduler=scheduler)
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # "TextToVideoSDPipeline is deprecated": it still loads and runs
+    try:
+        pipe = TextToVideoSDPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                     unet=unet, scheduler=scheduler)
+    finally:
+        diffusers_logging.set_verbosity(level)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     pipe.save_pretrained(folder, safe_serialization=True)

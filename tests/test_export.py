@@ -145,6 +145,29 @@ def test_lora_export_is_peft_layout_and_reloads(student, tmp_path):
     assert (run_unet(peft_unet.base_model.model, GUIDANCE) - reference).abs().max() < 1e-5
 
 
+def test_fold_fps_is_exact():
+    """VideoCrafter2's fps embedding at a fixed fps becomes a time_embedding.linear_2 bias."""
+    from diffusers import UNet3DConditionModel
+
+    from t2vturbo.export import fold_fps
+    from t2vturbo.models import call_unet
+    from t2vturbo.tiny.teacher import UNET_CONFIG
+    from t2vturbo.vc2 import FPSEmbedding, attach_fps_embedding
+
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(**UNET_CONFIG).eval()
+    c0 = unet.config.block_out_channels[0]
+    attach_fps_embedding(unet, FPSEmbedding(c0, 4 * c0))
+    x, ctx = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 5, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        at_12 = call_unet(unet, x, torch.tensor([300]), ctx, fps=12)
+        at_8 = call_unet(unet, x, torch.tensor([300]), ctx, fps=8)
+        fold_fps(unet, 12)
+        folded = call_unet(unet, x, torch.tensor([300]), ctx)
+    assert getattr(unet, "fps_embedding", None) is None
+    assert (folded - at_12).abs().max() < 1e-5 < (at_8 - at_12).abs().max()
+
+
 def test_failed_export_leaves_no_folder(student, tmp_path, monkeypatch):
     import t2vturbo.export as export
 

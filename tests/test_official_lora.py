@@ -32,11 +32,11 @@ def _module_weight_shape(unet, name):
     return tuple(unet.get_submodule(name).weight.shape)
 
 
-def official_list(unet, rank=4, seed=0):
+def official_list(unet, rank=4, seed=0, names=None):
     """An official-layout list [up0, down0, ...] for ``unet`` with non-zero ups (rank min(r, in, out))."""
     gen = torch.Generator().manual_seed(seed)
     tensors = []
-    for name in ms_official_module_names(unet):
+    for name in names if names is not None else ms_official_module_names(unet):
         shape = _module_weight_shape(unet, name)
         r = min(rank, shape[0], shape[1])
         fan_in = torch.Size(shape[1:]).numel()
@@ -161,6 +161,36 @@ def test_not_a_list_refused(tiny_parts, tmp_path):
         detect_student_format(path)
     with pytest.raises(CheckpointError, match="list of tensors"):
         load_official_lora(path, fresh_parts(tiny_parts).unet)
+
+
+def test_vc2_unet_gets_the_vc2_order_and_fps_pairs_merged(tiny_parts, tmp_path):
+    """An fps-conditioned UNet defaults to t2vturbo.vc2's release order; fps_embedding pairs merge into weights."""
+    from t2vturbo.models import call_unet
+    from t2vturbo.vc2 import FPSEmbedding, attach_fps_embedding, layout_of, vc2_lora_module_names
+
+    parts = fresh_parts(tiny_parts)
+    unet = parts.unet
+    c0 = unet.config.block_out_channels[0]
+    torch.manual_seed(1)
+    attach_fps_embedding(unet, FPSEmbedding(c0, 4 * c0))
+    names = vc2_lora_module_names(layout_of(unet))
+    assert names[:5] == ["time_embedding.linear_1", "time_embedding.linear_2", "fps_embedding.linear_1",
+                         "fps_embedding.linear_2", GUIDANCE_MODULE]
+    base_fps = unet.fps_embedding.linear_2.weight.clone()
+    tensors = official_list(unet, names=names)
+    torch.save(tensors, tmp_path / "unet_lora.pt")
+    load_any_student(tmp_path / "unet_lora.pt", parts)
+    i = names.index("fps_embedding.linear_2")
+    up, down = tensors[2 * i], tensors[2 * i + 1]
+    assert torch.allclose(unet.fps_embedding.linear_2.weight, base_fps + up @ down, atol=1e-6)
+    assert unet._t2vturbo_official["merged_into_weights"] == [
+        "fps_embedding.linear_1", "fps_embedding.linear_2", GUIDANCE_MODULE]
+    j = names.index("conv_in")
+    assert torch.equal(unet.conv_in.lora_A["default"].weight, tensors[2 * j + 1])
+    x, t, ctx = unet_inputs(unet)
+    with torch.no_grad():
+        out = call_unet(unet, x, t, ctx, fps=8)
+    assert torch.isfinite(out).all()
 
 
 def test_reproduces_reference_fixture():
