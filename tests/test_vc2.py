@@ -398,3 +398,30 @@ def test_convert_command_writes_a_loadable_folder(small_vc2_state, tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
     other = CliRunner().invoke(app, ["convert", "sd15", str(ckpt), "--out", str(tmp_path / "x")])
     assert other.exit_code == 2 and "unknown format" in other.output
+
+
+def test_sample_command_with_official_vc2_lora_writes_a_video(small_vc2_state, tmp_path):
+    """The issue's path: converted VC2-layout folder + an official-layout unet_lora.pt -> `t2vturbo sample`."""
+    from t2vturbo_cli.main import app
+    from typer.testing import CliRunner
+
+    from t2vturbo.models import load_teacher
+
+    folder = vc2.save_converted(vc2.convert_vc2_state(dict(small_vc2_state)), tmp_path / "vc2")
+    unet = load_teacher(str(folder)).unet
+    names = vc2.vc2_lora_module_names(vc2.layout_of(unet))
+    gen = torch.Generator().manual_seed(5)
+    tensors = []
+    for name in names:
+        shape = (unet.time_embedding.linear_1.in_features, 256) if name == "time_embedding.cond_proj" \
+            else tuple(unet.get_submodule(name).weight.shape)
+        r = min(4, shape[0], shape[1])
+        tensors += [torch.randn((shape[0], r, *([1] * (len(shape) - 2))), generator=gen) * 0.01,
+                    torch.randn((r, *shape[1:]), generator=gen) * 0.01]
+    torch.save(tensors, tmp_path / "unet_lora.pt")
+    out = tmp_path / "dog.mp4"
+    result = CliRunner().invoke(app, ["sample", "a dog", "--model", str(folder), "--student", str(tmp_path / "unet_lora.pt"),
+                                      "--frames", "4", "--height", "32", "--width", "32", "--steps", "2",
+                                      "--fps", "16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.stat().st_size > 0
