@@ -270,13 +270,14 @@ def score_videos(
     """
     from .rewards import load_reward
 
+    paths = [str(p) for p in paths]
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if not rewards:
         raise ConfigError("no reward given; name at least one with --reward NAME")
     videos, failures = find_videos(paths)
     if not videos:
-        raise ConfigError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found in {', '.join(map(str, paths))}")
+        raise ConfigError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found in {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}")
     prompts = read_prompts_file(prompts_file) if prompts_file else None
     prompt_of, no_prompt = resolve_prompts(videos, prompts)
     failures += no_prompt
@@ -314,6 +315,9 @@ def score_videos(
             buckets.setdefault(key, []).append((video, frames))
             if len(buckets[key]) >= batch_size:
                 flush(key)
+            elif sum(map(len, buckets.values())) >= 2 * batch_size:
+                # many different sizes: do not hold the whole folder in memory waiting for full batches
+                flush(max(buckets, key=lambda k: len(buckets[k])))
         for key in list(buckets):
             flush(key)
         pending = [v for v in pending if v not in unreadable]

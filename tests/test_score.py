@@ -184,3 +184,19 @@ def test_png_folder_video_and_frame_selection(tmp_path):
     assert report.ok
     assert got["long-0.mp4"] == (12, {"test-frame-count-image": 5.0, "test-frame-count-video": 8.0})
     assert got["frames_clip"] == (3, {"test-frame-count-image": 3.0, "test-frame-count-video": 8.0})
+
+
+def test_mixed_sizes_are_batched_without_holding_the_folder(tmp_path):
+    seen = []
+
+    def on_progress(done, total, name):
+        seen.append(done)
+
+    for i, size in enumerate((16, 20, 24, 28, 16)):
+        write_video(_clip((1, 0, 0), t=4, size=size, seed=i), tmp_path / f"a red ball-{i}.mp4", fps=8)
+    one = score_videos([tmp_path], ["toy-image"], batch_size=1)
+    two = score_videos([tmp_path], ["toy-image"], batch_size=2, on_progress=on_progress)
+    assert len(one.videos) == len(two.videos) == 5
+    for a, b in zip(one.videos, two.videos, strict=True):
+        assert a.path == b.path and a.scores["toy-image"] == pytest.approx(b.scores["toy-image"], abs=1e-6)
+    assert seen[-1] == 5 and seen[0] < 5  # flushed early (4 sizes buffered), not all at the end
