@@ -61,7 +61,7 @@ def _decode_file(path: Path) -> np.ndarray:
     except VideoReadError:
         raise
     except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
         raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
     if not frames:
         raise VideoReadError(f"cannot read video {path}: it holds no frames")
