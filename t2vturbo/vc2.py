@@ -270,10 +270,7 @@ def infer_unet_layout(state: dict[str, torch.Tensor]) -> tuple[UNetLayout, dict,
     widths = [int(need(f"input_blocks.{1 + lv * per}.0.out_layers.3.weight").shape[0]) for lv in range(levels)]
     conv_in = need("input_blocks.0.0.weight")
     head_dim = int(need("init_attn.0.proj_in.weight").shape[0]) // 8  # init_attn: 8 heads of num_head_channels
-    ca_key = next((k for k in state if k.endswith("transformer_blocks.0.attn2.to_k.weight")
-                   and (k.startswith("input_blocks.") or k.startswith("middle_block.1."))
-                   and ".1.transformer_blocks" in k), None)
-    cross_dim = int(state[ca_key].shape[1]) if ca_key else widths[-1]
+    cross_dim = int(need("middle_block.1.transformer_blocks.0.attn2.to_k.weight").shape[1])
     cond = state.get("time_cond_proj.weight")
     config = dict(
         sample_size=64,
