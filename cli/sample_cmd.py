@@ -40,7 +40,7 @@ def sample(
     frames: int = typer.Option(16, "--frames"),
     height: int = typer.Option(256, "--height"),
     width: int = typer.Option(256, "--width"),
-    fps: int = typer.Option(8, "--fps", help="Frame rate of the output (and fps condition of VideoCrafter2)."),
+    fps: int | None = typer.Option(None, "--fps", help="Frame rate of the output and fps condition of VideoCrafter2 (default: the model's, else 8)."),
     seed: int = typer.Option(0, "--seed", help="Video i uses seed + i."),
     out: Path | None = typer.Option(None, "--out", "-o", help=".mp4, .gif, or a folder for PNG frames (default outputs/<slug>.mp4)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Prompts per batch."),
@@ -76,12 +76,24 @@ def sample(
         load_any_student(student, parts)
         parts.unet.to(device=dev, dtype=dt)
     mode = "teacher" if teacher or student is None and not _has_student(parts.unet) else "student"
+    timesteps = None
+    if not teacher and student is None:
+        from t2vturbo.export import pipeline_timesteps
+
+        # An exported student (guidance folded in, LCMScheduler config): sample it as diffusers would.
+        timesteps = pipeline_timesteps(model, steps)
+        if timesteps is not None:
+            mode = "student"
+            console.print(f"{model} is an exported student: guidance is folded in at export; --guidance is ignored",
+                          highlight=False)
+    if fps is None:
+        fps = parts.default_fps or 8
     paths = output_paths(list(prompts), out)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts)[start : start + batch_size]
         result = sample_video(parts, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
                               width=width, seed=seed + start, fps=fps if parts.default_fps is not None else None,
-                              decode_chunk=decode_chunk)
+                              decode_chunk=decode_chunk, timesteps=timesteps)
         per_video = result.seconds["total"] / len(chunk)
         for i, video in enumerate(result.videos):
             path = write_video(video, paths[start + i], fps=fps)

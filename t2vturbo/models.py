@@ -86,7 +86,7 @@ def call_unet(
     ``fps`` reaches an fps-conditioned UNet (VideoCrafter2) through its ``fps_embedding`` module;
     ModelScope-style UNets ignore it.
     """
-    fps_module = getattr(unet, "fps_embedding", None)
+    fps_module = getattr(getattr(unet, "module", unet), "fps_embedding", None)  # unwrap DDP
     if fps_module is not None:
         fps_module.current_fps = fps
     try:

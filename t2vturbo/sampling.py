@@ -3,7 +3,7 @@
 Random numbers: one ``torch.Generator`` (CPU) per video, seeded ``seed + i``. All noise a video needs (initial
 latents, then one re-noising draw per step but the last) is drawn up front in that order and moved to the device
 once, so the loop has no host-device syncs and the same seed gives the same video on any device. This is the
-order in which diffusers' LCMScheduler + TextToVideoSDPipeline consume a per-video generator.
+order (and layout) in which diffusers' LCMScheduler + TextToVideoSDPipeline consume a per-video generator.
 """
 
 from __future__ import annotations
@@ -56,9 +56,18 @@ def make_generators(n: int, seed: int | Sequence[int] | None) -> list[torch.Gene
 
 
 def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], count: int) -> list[torch.Tensor]:
-    """``count`` noise tensors of (B, *shape), each video drawing from its own generator in step order."""
-    per_video = [[torch.randn((1, *shape), generator=g) for _ in range(count)] for g in generators]
-    return [torch.cat([pv[k] for pv in per_video]) for k in range(count)]
+    """``count`` noise tensors of (B, C, F, h, w), each video drawing from its own generator in step order.
+
+    The initial latents are drawn as (C, F, h, w); every later (re-noising) draw as (F, C, h, w) and permuted,
+    because diffusers' video pipelines step the scheduler on frame-major latents: same numbers, same order.
+    """
+    c, f, h, w = shape
+    per_video = []
+    for g in generators:
+        draws = [torch.randn((1, c, f, h, w), generator=g)]
+        draws += [torch.randn((1, f, c, h, w), generator=g).permute(0, 2, 1, 3, 4) for _ in range(count - 1)]
+        per_video.append(draws)
+    return [torch.cat([pv[k] for pv in per_video]).contiguous() for k in range(count)]
 
 
 def _has_guidance_projection(unet) -> bool:

@@ -108,9 +108,6 @@ def test_round_trip_one_step_matches_stock_diffusers(exported):
     assert (ours - stock).abs().max() < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="t2vturbo.sampling draws the re-noising noise as (B, C, F, h, w); "
-                   "TextToVideoSDPipeline steps LCMScheduler on (B*F, C, h, w) latents, so its noise is "
-                   "randn((F, C, h, w)) permuted to (C, F, h, w). Remove this mark once draw_noise does that.")
 def test_round_trip_four_steps_matches_stock_diffusers(exported):
     ours = _our_sampler(exported, 4, seed=5)
     stock = _stock_pipeline(exported, 4, seed=5)
