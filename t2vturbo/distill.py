@@ -218,7 +218,7 @@ class Distiller:
         return torch.Generator().manual_seed(s)
 
     def training_step(self, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
-        r, d = self.recipe, self.recipe.distill
+        _r, d = self.recipe, self.recipe.distill
         parts, unet, dev = self.parts, self.unet, self.device
         gen = self._seed_step()
         b = pixels.shape[0]
@@ -390,8 +390,14 @@ class Distiller:
     def _progress(self):
         if not (self.is_main and self.show_progress):
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), transient=False)
@@ -474,7 +480,7 @@ class Distiller:
                            fps=r.video.fps if self.parts.default_fps is not None else None)
         self.unet.train()
         written = []
-        for i, (prompt, video) in enumerate(zip(r.sample.prompts, out.videos)):
+        for i, (prompt, video) in enumerate(zip(r.sample.prompts, out.videos, strict=False)):
             slug = "".join(c if c.isalnum() else "_" for c in prompt.lower()).strip("_")[:60]
             path = self.out / "samples" / f"{i:02d}_{slug}.mp4"
             write_video(video, path, fps=r.video.fps)

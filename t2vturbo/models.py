@@ -177,7 +177,7 @@ def load_diffusers_teacher(spec: str) -> TeacherParts:
         vae = AutoencoderKL.from_pretrained(root / "vae")
         text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-    except (OSError, EnvironmentError) as err:
+    except OSError as err:
         first = str(err).splitlines()[0]
         raise MissingWeightError(f"cannot load the model at {root}: {first}; check the folder or pass another with {how}") from None
     sched_cfg_path = root / "scheduler" / "scheduler_config.json"

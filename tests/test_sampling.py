@@ -15,7 +15,7 @@ def parts():
     p.text_encoder.eval()
     make_student(p.unet, LoraSettings(rank=4))
     with torch.no_grad():
-        for name, q in p.unet.named_parameters():
+        for _name, q in p.unet.named_parameters():
             if q.requires_grad:
                 q.normal_(0, 0.02)
     return p
@@ -67,8 +67,9 @@ def test_guidance_changes_the_student_output(parts):
 
 
 def test_sample_cli_writes_a_playable_mp4(tmp_path, monkeypatch):
-    from t2vturbo.video import read_video
     from t2vturbo_cli.main import app
+
+    from t2vturbo.video import read_video
 
     out = tmp_path / "cat.mp4"
     res = CliRunner().invoke(app, ["sample", "a red circle moving right", "--steps", "2", "--frames", "4",

@@ -80,7 +80,7 @@ def test_save_load_round_trip(tmp_path, inputs):
     unet = build_tiny_teacher().unet.eval()
     make_student(unet, LoraSettings(rank=4))
     with torch.no_grad():
-        for name, p in unet.named_parameters():
+        for _name, p in unet.named_parameters():
             if p.requires_grad:
                 p.normal_(0, 0.05)
         out = call_unet(unet, x, t, h, timestep_cond=w)

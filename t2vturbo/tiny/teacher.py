@@ -25,11 +25,11 @@ UNET_CONFIG = dict(
     out_channels=4,
     down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
     up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    block_out_channels=(64, 128),
+    block_out_channels=(32, 64),
     layers_per_block=1,
-    norm_num_groups=16,
+    norm_num_groups=8,
     cross_attention_dim=64,
-    attention_head_dim=16,
+    attention_head_dim=8,
 )
 VAE_CONFIG = dict(
     in_channels=3,
