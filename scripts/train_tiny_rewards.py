@@ -1,0 +1,149 @@
+"""Train the tiny-world rewards ``tiny-image`` and ``tiny-video`` reproducibly from a seed.
+
+Each step renders fresh clips (t2vturbo/tiny/world.py), degrades some of them (blur, noise: generated videos
+are blurrier than the renderer) and scores them against ALL 48 captions of the world, so every wrong-colour,
+wrong-shape and wrong-direction caption is a negative in every step.
+  tiny-image: soft cross-entropy whose target is spread evenly over the 4 captions with the right colour and
+              shape (a single frame cannot tell the direction, so the model learns to ignore it).
+  tiny-video: cross-entropy on the one true caption.
+Weights go to t2vturbo/tiny/weights/rewards/tiny-{image,video}.{safetensors,json}.
+
+  python scripts/train_tiny_rewards.py --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from t2vturbo.rewards.tiny import REWARD_DIR, TinyReward, save_tiny_reward
+from t2vturbo.tiny.teacher import COLOURS, DIRECTIONS, SHAPES
+from t2vturbo.tiny.world import all_captions, parse_caption, random_clips
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def degrade(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur (down/up-sample by 1, 2 or 4) and add noise per clip, like a generated video."""
+    b, t, c, h, w = clips.shape
+    out = []
+    for i in range(b):
+        x = clips[i]
+        factor = [1, 1, 2, 4][int(torch.randint(4, (1,), generator=gen))]
+        if factor > 1:
+            x = F.interpolate(F.avg_pool2d(x, factor), size=(h, w), mode="bilinear", align_corners=False)
+        sigma = 0.06 * float(torch.rand(1, generator=gen))
+        x = x + sigma * torch.randn(x.shape, generator=gen)
+        out.append(x.clamp(0, 1))
+    return torch.stack(out)
+
+
+def attribute_index(captions: list[str]) -> torch.Tensor:
+    """(N, 3) colour, shape, direction indices."""
+    rows = []
+    for c in captions:
+        col, shp, d = parse_caption(c)
+        rows.append((COLOURS.index(col), SHAPES.index(shp), DIRECTIONS.index(d)))
+    return torch.tensor(rows)
+
+
+def targets(kind: str, caps: list[str], world: list[str]) -> torch.Tensor:
+    """(B, 48) target distribution over the world's captions."""
+    a = attribute_index(caps)
+    w = attribute_index(world)
+    if kind == "video":
+        match = (a[:, None] == w[None]).all(-1)
+    else:
+        match = (a[:, None, :2] == w[None, :, :2]).all(-1)
+    match = match.float()
+    return match / match.sum(dim=1, keepdim=True)
+
+
+def train(kind: str, seed: int, steps: int, batch: int, lr: float, channels: list[int], frames_per_clip: int,
+          scale: float) -> TinyReward:
+    torch.manual_seed(seed)
+    model = TinyReward(kind, channels)
+    world = all_captions()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed + 11)
+    t0 = time.time()
+    for step in range(steps):
+        clips, caps = random_clips(batch, seed=7_000_000 + 100_000 * seed + step)
+        clips = degrade(clips, gen)
+        if kind == "image":  # frames are scored independently: a few per clip are enough
+            pick = torch.randint(clips.shape[1], (frames_per_clip,), generator=gen)
+            clips = clips[:, pick]
+        logits = scale * model.similarity(clips, world)
+        loss = -(targets(kind, caps, world) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == steps - 1:
+            log(f"{kind} step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    model.train_seconds = time.time() - t0
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: TinyReward, seed: int, n: int) -> dict:
+    """Held-out accuracies: top-1 over the world's captions, and pairwise wins over single-attribute swaps."""
+    world = all_captions()
+    clips, caps = random_clips(n, seed=123_456_789 + seed)
+    sim = model.similarity(clips, world)  # (n, 48)
+    a = attribute_index(caps)
+    w = attribute_index(world)
+    true = (a[:, None] == w[None]).all(-1).float().argmax(dim=1)
+    pred = w[sim.argmax(dim=1)]
+    out = {
+        "colour_top1": float((pred[:, 0] == a[:, 0]).float().mean()),
+        "shape_top1": float((pred[:, 1] == a[:, 1]).float().mean()),
+        "direction_top1": float((pred[:, 2] == a[:, 2]).float().mean()),
+    }
+    s_true = sim.gather(1, true[:, None])
+    for k, name in enumerate(("colour", "shape", "direction")):
+        others = [j for j in range(3) if j != k]
+        swap = ((a[:, None, others] == w[None, :, others]).all(-1) & (a[:, None, k] != w[None, :, k]))
+        wins = (s_true > sim).float()
+        out[f"beats_wrong_{name}"] = float((wins * swap).sum() / swap.sum())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REWARD_DIR)
+    ap.add_argument("--which", choices=["image", "video", "both"], default="both")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--scale", type=float, default=20.0, help="logit scale of the contrastive softmax")
+    ap.add_argument("--eval-clips", type=int, default=512)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    kinds = ["image", "video"] if args.which == "both" else [args.which]
+    stats_path = args.out / "training_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    for kind in kinds:
+        channels = [16, 32, 64]
+        model = train(kind, args.seed, args.steps, args.batch, args.lr, channels, frames_per_clip=2, scale=args.scale)
+        path = save_tiny_reward(model, args.out / f"tiny-{kind}")
+        acc = evaluate(model, args.seed, args.eval_clips)
+        stats[f"tiny-{kind}"] = {"seconds": round(model.train_seconds, 1), "steps": args.steps, "batch": args.batch,
+                                 "seed": args.seed, "heldout": acc}
+        log(f"tiny-{kind}: wrote {path}; held-out {acc}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stats_path.write_text(json.dumps(stats, indent=1))
+
+
+if __name__ == "__main__":
+    main()
