@@ -31,7 +31,7 @@ from .consistency import (
     predict_x0,
 )
 from .data import _mix, make_stream
-from .errors import ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .models import TeacherParts, call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
 from .rewards import RewardModel, load_reward, strided_frame_indices
 from .safeio import atomic_path
@@ -186,8 +186,15 @@ class Distiller:
         if not found:
             self.log(f"no checkpoint under {self.ckpt_root}; starting from step 0")
             return
-        step, folder = found[-1]
-        state = load_checkpoint(folder)
+        state = None
+        for _step, folder in reversed(found):
+            try:
+                state = load_checkpoint(folder)
+                break
+            except CheckpointError as err:  # a damaged newest checkpoint: fall back to the one before
+                self.log(f"checkpoint {folder.name} is unusable ({err}); trying an earlier one")
+        if state is None:
+            raise CheckpointError(f"no usable checkpoint under {self.ckpt_root}; start again without --resume")
         trainable = dict((n, p) for n, p in self.unet.named_parameters() if p.requires_grad)
         missing = [n for n in trainable if n not in state["student"]]
         if missing:

@@ -168,3 +168,21 @@ def test_two_process_cpu_distill_with_torchrun(clips, tmp_path):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     assert all(r["reward/toy-image"] != 0 and r["reward/toy-video"] != 0 for r in rows)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(clips, tmp_path):
+    ov = small_distill_overrides(clips, steps=4, **{"sample.prompts": "[]", "train.keep_checkpoints": 3})
+    out = tmp_path / "run"
+    run_distill(load_recipe(TINY, ov), out, progress=False, log=lambda m: None)
+    first = _student(out)
+    newest = out / "checkpoints" / "step-0000004" / "tensors.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    logs: list[str] = []
+    run_distill(load_recipe(TINY, ov), out, resume=True, progress=False, log=logs.append)
+    assert any("step-0000004 is unusable" in m for m in logs)
+    assert any("resumed from" in m and "step-0000002" in m for m in logs)
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    again = _student(out)
+    for k in first:
+        torch.testing.assert_close(again[k], first[k], atol=1e-6, rtol=0)
