@@ -38,7 +38,14 @@ def main() -> int:
 
     from t2vturbo.config import load_recipe
     from t2vturbo.distill import run_distill
-    from t2vturbo.tiny.evaluate import Variant, evaluate, ground_truth_row, markdown_table, prompt_set, write_rows
+    from t2vturbo.tiny.evaluate import (
+        Variant,
+        evaluate,
+        ground_truth_row,
+        markdown_table,
+        prompt_set,
+        write_rows,
+    )
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     recipe_path = REPO / "recipes" / "tiny.yaml"
