@@ -238,7 +238,7 @@ def _select_frames(frames: torch.Tensor, model: torch.nn.Module, max_frames: int
 
 def score_videos(
     paths: Iterable[str | os.PathLike],
-    rewards: Sequence[str],
+    rewards: Sequence[str | tuple[str, torch.nn.Module]],
     prompts_file: str | os.PathLike | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
@@ -252,7 +252,8 @@ def score_videos(
 
     Args:
         paths: files, folders (searched recursively for mp4/gif/webm) or glob patterns.
-        rewards: registry names (or ``module:factory``); each is loaded once, run over all videos, then freed.
+        rewards: registry names (or ``module:factory``), each loaded once, run over all videos, then freed; or
+            ``(name, model)`` pairs for rewards already loaded (kept).
         prompts_file: CSV / JSONL / TXT prompts (see :func:`read_prompts_file`); else sidecars / VBench names.
         batch_size: videos per forward pass (videos of equal frame count and size are batched together).
         device, dtype: where the rewards run.
@@ -282,14 +283,19 @@ def score_videos(
     prompt_of, no_prompt = resolve_prompts(videos, prompts)
     failures += no_prompt
 
-    report = ScoreReport(rewards=list(rewards), failures=failures)
+    names = [r[0] if isinstance(r, tuple) else r for r in rewards]
+    report = ScoreReport(rewards=names, failures=failures)
     entries = {v: VideoScore(str(v), *prompt_of[v]) for v in videos if v in prompt_of}
     pending = list(entries)
     total, done = len(pending) * len(rewards), 0
     checkpoints = checkpoints or {}
     reward_options = reward_options or {}
-    for name in rewards:
-        model = load_reward(name, checkpoint=checkpoints.get(name), device=device, dtype=dtype, **reward_options.get(name, {}))
+    for item in rewards:
+        if isinstance(item, tuple):
+            name, model = item
+        else:
+            name = item
+            model = load_reward(name, checkpoint=checkpoints.get(name), device=device, dtype=dtype, **reward_options.get(name, {}))
         buckets: dict[tuple[int, ...], list[tuple[Path, torch.Tensor]]] = {}
         unreadable: list[Path] = []
 
