@@ -200,3 +200,14 @@ def test_mixed_sizes_are_batched_without_holding_the_folder(tmp_path):
     for a, b in zip(one.videos, two.videos, strict=True):
         assert a.path == b.path and a.scores["toy-image"] == pytest.approx(b.scores["toy-image"], abs=1e-6)
     assert seen[-1] == 5 and seen[0] < 5  # flushed early (4 sizes buffered), not all at the end
+
+
+def test_already_loaded_reward_is_used_and_named(tmp_path):
+    from t2vturbo.rewards import load_reward
+
+    write_video(_clip((1, 0, 0), t=4), tmp_path / "a red ball-0.mp4", fps=8)
+    reward = load_reward("toy-image")
+    by_name = score_videos([tmp_path], ["toy-image"])
+    given = score_videos([tmp_path], [("my-colour", reward)])
+    assert given.rewards == ["my-colour"]
+    assert given.videos[0].scores["my-colour"] == pytest.approx(by_name.videos[0].scores["toy-image"])
