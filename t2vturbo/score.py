@@ -137,8 +137,9 @@ def read_prompts_file(path: str | os.PathLike) -> dict[str, str] | list[str]:
     """Read prompts from CSV / JSONL / TXT: a mapping video -> prompt, or an ordered list of prompts.
 
     CSV: a header with ``prompt`` and optionally one of video/path/file/filename/name. JSONL: one object per line
-    with ``prompt`` (and optionally a video key). TXT: ``name<TAB>prompt`` per line, or one prompt per line
-    (then the i-th prompt goes to the i-th video in sorted order).
+    with ``prompt`` (and optionally a video key); JSON: a list of such objects or ``{video: prompt}``. TXT:
+    ``name<TAB>prompt`` per line, or one prompt per line. Without video names the i-th prompt goes to the i-th
+    video, in the order the paths were given (each folder sorted).
     """
     path = Path(path)
     if not path.is_file():
@@ -148,7 +149,17 @@ def read_prompts_file(path: str | os.PathLike) -> dict[str, str] | list[str]:
     if suffix == ".csv":
         rows = [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(io.StringIO(text))]
         return _rows_to_prompts(rows, path)
-    if suffix in (".jsonl", ".json"):
+    if suffix == ".json":  # a list of {"video", "prompt"} objects, or {video: prompt}
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        if isinstance(obj, dict) and all(isinstance(v, str) for v in obj.values()):
+            return dict(obj)
+        if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+            raise ConfigError(f'{path} must hold a list of {{"video": ..., "prompt": ...}} objects or {{video: prompt}}')
+        return _rows_to_prompts([{str(k).lower(): str(v) for k, v in r.items()} for r in obj], path)
+    if suffix == ".jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -186,7 +197,7 @@ def resolve_prompts(
         if len(prompts) != len(videos):
             raise ConfigError(
                 f"the prompts file lists {len(prompts)} prompts for {len(videos)} videos; give one prompt per video "
-                "in sorted order, or name each video (CSV/JSONL video column, or TXT 'name<TAB>prompt')"
+                "in order, or name each video (CSV/JSONL video column, or TXT 'name<TAB>prompt')"
             )
         return {v: (p, "prompts-file") for v, p in zip(videos, prompts, strict=True)}, []
     table = dict(prompts or {})

@@ -86,16 +86,18 @@ def test_batching_gives_the_same_scores_as_one_by_one(folder):
     assert got == pytest.approx(direct, abs=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["csv", "jsonl", "txt-named", "txt-ordered"])
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "json", "txt-named", "txt-ordered"])
 def test_prompts_file_formats(tmp_path, kind):
     d = tmp_path / "v"
     write_video(_clip((1, 0, 0)), d / "x1.mp4", fps=8)
     write_video(_clip((0, 0, 1)), d / "x2.mp4", fps=8)
-    f = tmp_path / {"csv": "p.csv", "jsonl": "p.jsonl"}.get(kind, "p.txt")
+    f = tmp_path / {"csv": "p.csv", "jsonl": "p.jsonl", "json": "p.json"}.get(kind, "p.txt")
     if kind == "csv":
         f.write_text('video,prompt\nx1.mp4,"red, very red"\nx2,blue\n')
     elif kind == "jsonl":
         f.write_text('{"video": "x1.mp4", "prompt": "red, very red"}\n\n{"path": "ignored", "video": "x2", "prompt": "blue"}\n')
+    elif kind == "json":
+        f.write_text('{"x1.mp4": "red, very red", "x2": "blue"}')
     elif kind == "txt-named":
         f.write_text("x1.mp4\tred, very red\nx2\tblue\n")
     else:
