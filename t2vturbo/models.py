@@ -46,7 +46,9 @@ class TeacherParts:
 
     def to(self, device=None, dtype=None) -> TeacherParts:
         for m in (self.unet, self.vae, self.text_encoder):
-            m.to(device=device, dtype=dtype)
+            p = next(m.parameters())
+            if (device is not None and p.device != torch.device(device)) or (dtype is not None and p.dtype != dtype):
+                m.to(device=device, dtype=dtype)
         if device is not None:
             self.alphas_cumprod = self.alphas_cumprod.to(device)
         return self
