@@ -1,0 +1,81 @@
+"""A mid-size ModelScope-architecture teacher built in code (random weights, fixed seed) for the benchmarks.
+
+Same layout as ali-vilab/text-to-video-ms-1.7b (UNet3DConditionModel with cross-attention down/up blocks and a
+plain bottom level, AutoencoderKL with an 8x spatial factor, CLIP text encoder with 77 tokens), only narrower:
+large enough that the UNet's weights and compute dominate, small enough for a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+    block_out_channels=(64, 128, 256),
+    layers_per_block=2,
+    norm_num_groups=32,
+    cross_attention_dim=256,
+    attention_head_dim=8,
+)
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=256,
+)
+TEXT_CONFIG = dict(
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    projection_dim=256,
+)
+
+
+def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2):
+    """TeacherParts of the mid-size model: UNet block widths (width, 2*width, 4*width), ``layers`` per block."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from t2vturbo.models import TeacherParts, scaled_linear_alphas_cumprod
+    from t2vturbo.tiny.teacher import load_tiny_tokenizer
+
+    tokenizer = load_tiny_tokenizer()
+    tokenizer.model_max_length = TEXT_CONFIG["max_position_embeddings"]
+    unet_cfg = dict(UNET_CONFIG, block_out_channels=(width, 2 * width, 4 * width), layers_per_block=layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet3DConditionModel(**unet_cfg)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        text_cfg = CLIPTextConfig(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG,
+        )
+        text_encoder = CLIPTextModel(text_cfg)
+    for m in (unet, vae, text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+    return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        alphas_cumprod=scaled_linear_alphas_cumprod(), name="midsize-random")
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "n/a"
