@@ -6,6 +6,7 @@ was scored; 2 usage or user error (no videos, unknown reward, missing weights, b
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -60,7 +61,19 @@ def score(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from t2vturbo.score import score_videos
+    from t2vturbo.score import merge_reports, score_videos
+
+    # Under torchrun / accelerate launch every process scores its share of the videos; rank 0 merges and reports.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    shard = (rank, world) if world > 1 else None
+    run_device = parse_device(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        if run_device.startswith("cuda") and ":" not in run_device:
+            run_device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -76,12 +89,21 @@ def score(
             reward,
             prompts_file=prompts,
             batch_size=batch_size,
-            device=parse_device(device),
+            device=run_device,
             dtype=getattr(torch, dtype),
             checkpoints=checkpoints,
             max_frames=max_frames,
             on_progress=on_progress,
+            shard=shard,
         )
+
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, report)
+        dist.destroy_process_group()
+        if rank != 0:
+            raise typer.Exit(0 if all(r.ok for r in gathered) else 1)
+        report = merge_reports(gathered)
 
     _print_table(report)
     for failure in report.failures:

@@ -94,6 +94,16 @@ class ScoreReport:
             tmp.write_text(buf.getvalue())
 
 
+def merge_reports(reports: Sequence[ScoreReport]) -> ScoreReport:
+    """One report from per-process reports (videos sorted by path, failures in rank order)."""
+    merged = ScoreReport(rewards=list(reports[0].rewards))
+    for r in reports:
+        merged.videos.extend(r.videos)
+        merged.failures.extend(r.failures)
+    merged.videos.sort(key=lambda v: v.path)
+    return merged
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
@@ -258,6 +268,7 @@ def score_videos(
     reward_options: Mapping[str, Mapping[str, Any]] | None = None,
     max_frames: int | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ScoreReport:
     """Score every video under ``paths`` with each reward.
 
@@ -272,6 +283,9 @@ def score_videos(
         reward_options: reward name -> loader options (e.g. a small architecture).
         max_frames: image rewards score at most this many evenly strided frames per video (default: all).
         on_progress: called as ``(done, total, description)`` after each video and reward.
+        shard: ``(rank, world_size)``: score only every world_size-th video (sorted order) starting at rank;
+            failures found before scoring (no prompt, bad path) are reported by rank 0 alone. Merge the
+            per-rank reports with :func:`merge_reports`.
 
     Returns:
         A :class:`ScoreReport`; unreadable files and videos without a prompt are in ``failures``.
@@ -295,6 +309,11 @@ def score_videos(
     failures += no_prompt
 
     names = [r[0] if isinstance(r, tuple) else r for r in rewards]
+    if shard is not None:
+        rank, world = shard
+        videos = sorted(videos)[rank::world]
+        if rank != 0:
+            failures = []
     report = ScoreReport(rewards=names, failures=failures)
     entries = {v: VideoScore(str(v), *prompt_of[v]) for v in videos if v in prompt_of}
     pending = list(entries)
