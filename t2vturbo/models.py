@@ -20,6 +20,19 @@ from .hub import resolve_pretrained_dir
 
 VAE_SCALE = 0.18215
 
+#: the DDIM scheduler config of ModelScope, VideoCrafter2 and the tiny teacher (epsilon, scaled_linear betas)
+DDIM_SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
 
 @dataclass
 class TeacherParts:

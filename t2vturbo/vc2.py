@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .models import TeacherParts, scaled_linear_alphas_cumprod
+from .models import DDIM_SCHEDULER_CONFIG, TeacherParts, scaled_linear_alphas_cumprod
 from .safeio import atomic_path, load_torch_file, load_weights
 
 DEFAULT_FPS = 16
@@ -37,17 +37,7 @@ VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.model."
 
 #: the VC2 training schedule (configs/inference_t2v_512_v2.0.yaml: linear_start / linear_end, "linear" = scaled)
-SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
+SCHEDULER_CONFIG = DDIM_SCHEDULER_CONFIG
 
 
 # --------------------------------------------------------------------------------------------------------------
