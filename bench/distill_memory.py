@@ -200,18 +200,19 @@ def run_reference(args, sync) -> dict:
 
 
 def timed_steps(args, step, sync, after_setup: float, unet_params: int) -> dict:
-    seconds, losses = [], []
+    seconds, cpu_seconds, losses = [], [], []
     for i, (pixels, captions) in enumerate(batches(args, args.warmup + args.steps)):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step(pixels, captions)
         sync()
         if i >= args.warmup:
             seconds.append(time.perf_counter() - t0)
+            cpu_seconds.append(time.process_time() - c0)
         losses.append(float(loss.detach()))
     if not all(math.isfinite(v) for v in losses):
         raise RuntimeError(f"non-finite loss in the bench: {losses}")
-    return {"seconds": seconds, "after_setup_rss_mb": after_setup, "unet_params": unet_params,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "after_setup_rss_mb": after_setup, "unet_params": unet_params,
             "losses": losses}
 
 
@@ -279,9 +280,10 @@ def main() -> None:
 
     def summary(runs: list[dict]) -> dict:
         step_s = min(statistics.median(r["seconds"]) for r in runs)
+        cpu_s = min(statistics.median(r["cpu_seconds"]) for r in runs)
         peak = min(r["peak_rss_mb"] - r["base_rss_mb"] for r in runs)
         setup = min(r["after_setup_rss_mb"] - r["base_rss_mb"] for r in runs)
-        out = {"step_s": step_s, "peak": peak, "setup": setup, "unet_params": runs[0]["unet_params"],
+        out = {"step_s": step_s, "cpu_s": cpu_s, "peak": peak, "setup": setup, "unet_params": runs[0]["unet_params"],
                "threads": runs[0]["threads"]}
         if "cuda_peak_mb" in runs[0]:
             out["cuda"] = min(r["cuda_peak_mb"] for r in runs)
@@ -298,6 +300,8 @@ def main() -> None:
     if "cuda" in ours:
         rows.insert(0, ("CUDA max_memory_allocated (MiB)", "cuda"))
     rows.append(("seconds / training step (median)", "step_s"))
+    if not args.device.startswith("cuda"):  # CPU time: less sensitive to other processes on a shared machine
+        rows.append(("process CPU s / step (median)", "cpu_s"))
     print(f"{'':34s} {'ours':>10s} {'reference':>10s} {'ours/ref':>9s}")
     for label, key in rows:
         print(f"{label:34s} {ours[key]:10.2f} {ref[key]:10.2f} {ours[key] / ref[key]:8.2f}x")
