@@ -102,6 +102,9 @@ class Distiller:
         from accelerate.utils import set_seed
 
         r = self.recipe
+        if r.model.dtype != "float32" and r.train.mixed_precision == "no":
+            raise ConfigError(f"model.dtype {r.model.dtype} needs train.mixed_precision "
+                              f"{'bf16' if r.model.dtype == 'bfloat16' else 'fp16'} (the LoRA weights train in fp32)")
         if r.train.num_threads:
             torch.set_num_threads(r.train.num_threads)
         cpu = r.model.device == "cpu" or (r.model.device == "auto" and not torch.cuda.is_available())
