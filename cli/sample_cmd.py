@@ -32,7 +32,7 @@ def output_paths(prompts: list[str], out: Path | None) -> list[Path]:
 @user_errors
 def sample(
     prompts: list[str] = typer.Argument(..., help="One or more prompts."),
-    model: str = typer.Option("tiny", "--model", "-m", help="Teacher/base: 'tiny', a diffusers folder or a hub id."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Teacher/base: 'tiny', a diffusers folder or a hub id (default: the student's recorded base model, else tiny)."),
     student: Path | None = typer.Option(None, "--student", "-s", help="Student: our folder, a peft LoRA, or an official unet_lora.pt. Omit to sample the base model as is."),
     teacher: bool = typer.Option(False, "--teacher", help="Sample the base model with DDIM + classifier-free guidance."),
     steps: int = typer.Option(4, "--steps", help="UNet evaluations (student: 1, 2, 4, 8; teacher: e.g. 50)."),
@@ -69,6 +69,12 @@ def sample(
         dt = dtypes[dtype]
     else:
         raise ConfigError(f"--dtype {dtype!r}: use float32, float16, bfloat16 or auto")
+    if model is None:
+        model = "tiny"
+        if student is not None:
+            from t2vturbo.export import recorded_base_model
+
+            model = recorded_base_model(student) or "tiny"
     parts = load_teacher(model, device=dev, dtype=dt)
     if student is not None:
         from t2vturbo.official_lora import load_any_student
