@@ -35,7 +35,14 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .models import TeacherParts, call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
 from .rewards import RewardModel, load_reward, strided_frame_indices
 from .safeio import atomic_path
-from .student import LoraSettings, make_student, save_student, student_state_dict, trainable_parameters
+from .student import (
+    LoraSettings,
+    enable_block_checkpointing,
+    make_student,
+    save_student,
+    student_state_dict,
+    trainable_parameters,
+)
 from .train_state import (
     checkpoint_dir,
     list_checkpoints,
@@ -127,7 +134,7 @@ class Distiller:
         for p in trainable_parameters(parts.unet):
             p.data = p.data.float()  # trainable weights stay fp32 even over a bf16 base
         if r.train.gradient_checkpointing:
-            parts.unet.enable_gradient_checkpointing()
+            enable_block_checkpointing(parts.unet)
         parts.unet.train()
 
         # 2. Rewards (frozen), every configured reward on every rank.

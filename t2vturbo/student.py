@@ -210,3 +210,25 @@ def load_student_weights(unet: nn.Module, state: dict[str, torch.Tensor], meta: 
             unet.time_embedding.cond_proj.weight.copy_(state[GUIDANCE_KEY])
     unet.requires_grad_(False)
     return unet
+
+
+def enable_block_checkpointing(unet: nn.Module) -> int:
+    """Activation checkpointing of every down/mid/up block (diffusers' UNet3DConditionModel does not support
+    ``enable_gradient_checkpointing``). Only active while grad is enabled in training mode; returns the count.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    for block in blocks:
+        if block is None or getattr(block, "_t2vturbo_checkpointed", False):
+            continue
+        inner = block.forward
+
+        def forward(*args, _inner=inner, _block=block, **kwargs):
+            if _block.training and torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        block.forward = forward
+        block._t2vturbo_checkpointed = True
+    return len([b for b in blocks if b is not None])

@@ -94,3 +94,25 @@ def test_save_load_round_trip(tmp_path, inputs):
     with torch.no_grad():
         again = call_unet(fresh, x, t, h, timestep_cond=w)
     torch.testing.assert_close(again, out, atol=1e-5, rtol=0)
+
+
+def test_block_checkpointing_gives_the_same_gradients(inputs):
+    from t2vturbo.student import enable_block_checkpointing
+
+    x, t, h, w = inputs
+    grads = []
+    for ckpt in (False, True):
+        unet = build_tiny_teacher().unet
+        torch.manual_seed(0)  # same LoRA init in both runs
+        make_student(unet, LoraSettings(rank=4))
+        with torch.no_grad():
+            for name, p in unet.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+        unet.train()
+        if ckpt:
+            assert enable_block_checkpointing(unet) == 5
+        call_unet(unet, x, t, h, timestep_cond=w).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in unet.named_parameters() if p.requires_grad})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-4)
