@@ -39,7 +39,8 @@ VAE_CONFIG = dict(
     block_out_channels=(32, 64, 64),
     layers_per_block=1,
     latent_channels=4,
-    norm_num_groups=16,
+    # few, wide groups: with the default narrow groups GroupNorm erases the absolute colour of flat frames
+    norm_num_groups=4,
     sample_size=64,
 )
 TEXT_CONFIG = dict(

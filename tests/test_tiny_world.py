@@ -1,0 +1,177 @@
+"""The embedded tiny world: generator, analytic judge, shipped teacher weights and tiny rewards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from t2vturbo.tiny import teacher as tiny
+from t2vturbo.tiny.judge import judge
+from t2vturbo.tiny.world import (
+    all_captions,
+    caption,
+    clips_for_captions,
+    parse_caption,
+    random_clips,
+    random_params,
+    render,
+    render_clip,
+)
+
+
+def test_generator_is_deterministic_and_seed_dependent():
+    a, caps_a = random_clips(6, seed=3)
+    b, caps_b = random_clips(6, seed=3)
+    c, _ = random_clips(6, seed=4)
+    assert a.shape == (6, tiny.FRAMES, 3, tiny.HEIGHT, tiny.WIDTH)
+    assert torch.equal(a, b) and caps_a == caps_b
+    assert not torch.equal(a, c)
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    one = render_clip("blue", "triangle", "up", seed=7)
+    assert torch.equal(one, render_clip("blue", "triangle", "up", seed=7))
+    assert one.shape == (tiny.FRAMES, 3, tiny.HEIGHT, tiny.WIDTH)
+
+
+def test_captions_cover_the_world():
+    caps = all_captions()
+    assert len(caps) == len(set(caps)) == len(tiny.COLOURS) * len(tiny.SHAPES) * len(tiny.DIRECTIONS)
+    assert caption("red", "circle", "left") == "a red circle moving left"
+    assert parse_caption("a Yellow square moving down.") == ("yellow", "square", "down")
+    assert parse_caption("a dog") == (None, None, None)
+    with pytest.raises(ValueError, match="does not name"):
+        clips_for_captions(["a dog running"], seed=0)
+
+
+def test_object_stays_inside_the_frame_and_moves_its_way():
+    params = random_params(64, seed=11)
+    clips = render(params)
+    diff = (clips - params.background[:, None, :, None, None]).abs().amax(dim=2)  # (B, T, H, W)
+    border = torch.cat([diff[..., 0, :], diff[..., -1, :], diff[..., :, 0], diff[..., :, -1]], dim=-1)
+    assert float(border.max()) < 1e-6, "the object touches the frame border"
+    assert bool((diff.flatten(2).amax(-1) > 0.3).all()), "every frame shows the object"
+
+
+def test_judge_reads_ground_truth_clips():
+    clips, caps = random_clips(96, seed=5)
+    result = judge(clips, caps)
+    assert result["colour"] == result["shape"] == result["motion"] == result["all"] == 1.0
+    assert len(result["per_video"]) == 96
+
+
+def test_judge_notices_wrong_captions_and_static_or_empty_videos():
+    clips, _ = random_clips(3, seed=1)
+    caps = ["a red circle moving left", "a green square moving up", "a blue triangle moving down"]
+    clips = clips_for_captions(caps, seed=2)
+    wrong = ["a green circle moving left", "a green triangle moving up", "a blue triangle moving up"]
+    result = judge(clips, wrong)
+    assert [r["colour_ok"] for r in result["per_video"]] == [False, True, True]
+    assert [r["shape_ok"] for r in result["per_video"]] == [True, False, True]
+    assert [r["motion_ok"] for r in result["per_video"]] == [True, True, False]
+    assert result["all"] == 0.0
+    static = clips[:1, :1].expand(1, tiny.FRAMES, -1, -1, -1)  # first frame repeated: no motion
+    assert judge(static, caps[:1])["per_video"][0]["direction"] is None
+    blank = torch.full((1, tiny.FRAMES, 3, tiny.HEIGHT, tiny.WIDTH), 0.3)
+    assert judge(blank, caps[:1])["all"] == 0.0
+
+
+def test_judge_tolerates_blur_and_noise():
+    clips, caps = random_clips(48, seed=9)
+    flat = clips.flatten(0, 1)
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(flat, 2), scale_factor=2,
+                                              mode="bilinear").reshape(clips.shape)
+    noisy = (blurred + 0.04 * torch.randn(clips.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    result = judge(noisy, caps)
+    assert result["colour"] == 1.0 and result["motion"] == 1.0
+    assert result["shape"] >= 0.95
+
+
+# --------------------------------------------------------------------------------------------- shipped weights
+
+
+def test_shipped_teacher_loads_with_the_declared_architecture():
+    assert (tiny.TEACHER_DIR / "unet" / "config.json").is_file(), "trained tiny teacher weights are not shipped"
+    parts = tiny.load_tiny_teacher()
+    for key, value in tiny.UNET_CONFIG.items():
+        got = parts.unet.config[key]
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(value) if isinstance(value, tuple) else value), key
+    for key, value in tiny.VAE_CONFIG.items():
+        got = parts.vae.config[key]
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(value) if isinstance(value, tuple) else value), key
+    for key, value in tiny.TEXT_CONFIG.items():
+        assert getattr(parts.text_encoder.config, key) == value, key
+    assert parts.vae_scale == pytest.approx(float(parts.vae.config.scaling_factor))
+    assert parts.name == "tiny"
+    assert parts.dtype == torch.float32
+    ids = parts.tokenizer("a red circle moving left").input_ids
+    assert len(ids) == 7  # bos + one token per word + eos: every world word is a single token
+    total = sum(p.stat().st_size for p in tiny.TEACHER_DIR.rglob("*") if p.is_file())
+    assert total < 15 * 2**20
+
+
+def test_shipped_teacher_vae_reconstructs_world_frames():
+    from t2vturbo.models import decode_latents, encode_pixels
+
+    parts = tiny.load_tiny_teacher()
+    clips, _ = random_clips(2, seed=21)
+    with torch.no_grad():
+        lat = encode_pixels(parts, clips, generator=torch.Generator().manual_seed(0))
+        assert lat.shape == (2, 4, tiny.FRAMES, 16, 16)
+        assert 0.5 < float(lat.std()) < 2.0  # scaling_factor brings latents near unit variance
+        recon = decode_latents(parts, lat)
+    assert float((recon - clips).abs().mean()) < 0.05
+
+
+@pytest.fixture(scope="module")
+def tiny_rewards():
+    from t2vturbo.rewards import load_reward
+
+    return load_reward("tiny-image"), load_reward("tiny-video")
+
+
+def _swap(caps: list[str], which: int) -> list[str]:
+    """Each caption with attribute ``which`` (0 colour, 1 shape, 2 direction) replaced by the next option."""
+    options = (tiny.COLOURS, tiny.SHAPES, tiny.DIRECTIONS)[which]
+    out = []
+    for c in caps:
+        attrs = list(parse_caption(c))
+        attrs[which] = options[(options.index(attrs[which]) + 1) % len(options)]
+        out.append(caption(*attrs))
+    return out
+
+
+def test_tiny_rewards_are_registered_with_their_kinds(tiny_rewards):
+    from t2vturbo.rewards import available_rewards
+
+    specs = available_rewards()
+    assert specs["tiny-image"].kind == "image" and specs["tiny-video"].kind == "video"
+    image, video = tiny_rewards
+    assert image.kind == "image" and video.kind == "video" and video.num_frames == tiny.FRAMES
+
+
+def test_tiny_rewards_rank_the_true_caption_first(tiny_rewards):
+    image, video = tiny_rewards
+    clips, caps = random_clips(48, seed=31)
+    with torch.no_grad():
+        img_true = image(clips, caps)
+        vid_true = video(clips, caps)
+        assert float((img_true > image(clips, _swap(caps, 0))).float().mean()) >= 0.95
+        assert float((img_true > image(clips, _swap(caps, 1))).float().mean()) >= 0.9
+        assert float((vid_true > video(clips, _swap(caps, 2))).float().mean()) >= 0.9
+        assert float((vid_true > video(clips, _swap(caps, 0))).float().mean()) >= 0.9
+
+
+def test_image_reward_is_blind_to_motion_and_video_reward_is_not(tiny_rewards):
+    image, video = tiny_rewards
+    clips, caps = random_clips(16, seed=41)
+    reverse = clips.flip(1)  # the same frames played backwards: the opposite direction
+    with torch.no_grad():
+        torch.testing.assert_close(image(reverse, caps), image(clips, caps))
+        assert float((video(clips, caps) > video(reverse, caps)).float().mean()) >= 0.9
+
+
+def test_tiny_rewards_are_differentiable_wrt_pixels(tiny_rewards):
+    for reward in tiny_rewards:
+        clips, caps = random_clips(2, seed=51)
+        clips = clips.clone().requires_grad_(True)
+        reward(clips, caps).sum().backward()
+        assert clips.grad is not None and float(clips.grad.abs().sum()) > 0
