@@ -336,7 +336,9 @@ def evaluate(out: Path, seed: int, guidance: float, steps_list: list[int], repea
                                              nrow=tiny.FRAMES)
             except Exception:  # noqa: BLE001 - a preview is optional
                 pass
-    _update_stats(out, {"eval": results})
+    stats_path = out / "training_stats.json"
+    previous = json.loads(stats_path.read_text()).get("eval", {}) if stats_path.is_file() else {}
+    _update_stats(out, {"eval": {**previous, **results}})
     return results
 
 
