@@ -33,8 +33,14 @@ def main() -> int:
     ap.add_argument("--teacher-steps", type=int, default=50)
     ap.add_argument("--teacher-guidance", type=float, default=4.0)
     ap.add_argument("--student-guidance", type=float, default=None, help="default: the recipe's sample.guidance")
+    ap.add_argument("--skip-teacher", action="store_true", help="reuse the teacher rows already in --out/table.json")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("overrides", nargs="*", help="recipe overrides for --train, e.g. train.max_steps=100")
     args = ap.parse_args()
+
+    import json
+
+    import torch
 
     from t2vturbo.config import load_recipe
     from t2vturbo.distill import run_distill
@@ -47,6 +53,8 @@ def main() -> int:
         write_rows,
     )
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     recipe_path = REPO / "recipes" / "tiny.yaml"
     if args.train:
@@ -57,10 +65,16 @@ def main() -> int:
             print(f"trained {v} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     guidance = args.student_guidance or load_recipe(recipe_path).sample.guidance
     prompts, seeds = prompt_set(args.prompts), list(range(args.seeds))
+    cached = {}
+    if args.skip_teacher and (args.out / "table.json").is_file():
+        cached = {r["label"]: r for r in json.loads((args.out / "table.json").read_text())}
     rows = [ground_truth_row(prompts, seeds)]
     table_variants = [Variant(f"teacher DDIM {args.teacher_steps} steps + CFG", "teacher", args.teacher_steps,
                               args.teacher_guidance),
                       Variant("teacher DDIM 4 steps + CFG", "teacher", 4, args.teacher_guidance)]
+    if args.skip_teacher:
+        rows += [cached[v.label] for v in table_variants if v.label in cached]
+        table_variants = []
     names = {"none": "student, no reward (plain CD)", "image": "student, image reward", "video": "student, video reward",
              "mixed": "student, mixed reward (T2V-Turbo)"}
     for v in variants:
