@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..models import DDIM_SCHEDULER_CONFIG
+
 TINY_WEIGHTS_DIR = Path(__file__).parent / "weights"
 TEACHER_DIR = TINY_WEIGHTS_DIR / "teacher"
 
@@ -51,17 +53,8 @@ TEXT_CONFIG = dict(
     max_position_embeddings=16,
     projection_dim=64,
 )
-SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
+#: the tiny teacher uses the same DDIM schedule as ModelScope and VideoCrafter2
+SCHEDULER_CONFIG = DDIM_SCHEDULER_CONFIG
 
 
 def write_tiny_tokenizer(folder: Path) -> None:
