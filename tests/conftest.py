@@ -25,7 +25,9 @@ def shared_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
+    # One thread: the test models are small, results are then independent of the machine's core count, and two
+    # OpenMP threads on a busy 2-core machine were measured ~10x slower (oversubscription).
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)
     yield

@@ -18,15 +18,6 @@ PROMPT = "a red circle moving left"
 GUIDANCE = 6.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the shared 2-core machine: one thread is faster than two fighting other jobs
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A tiny student with non-zero LoRA ups and guidance projection, saved as `t2vturbo distill` does."""

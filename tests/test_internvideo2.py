@@ -22,14 +22,6 @@ from t2vturbo.rewards.loading import check_state_dict
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared machine is oversubscribed; this model is small
-    yield
-    torch.set_num_threads(before)
-
-
 def _small_options() -> dict:
     """Architecture of fixtures/internvideo2_small (its README and bert_config.json)."""
     bert = json.loads(shared_path("fixtures", "internvideo2_small", "bert_config.json").read_text())

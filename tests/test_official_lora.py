@@ -46,15 +46,6 @@ def official_list(unet, rank=4, seed=0, names=None):
     return tensors
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the shared 2-core machine: one thread is faster than two fighting other jobs
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_parts():
     """The tiny teacher's UNet (architecture of build_tiny_teacher; VAE and text encoder are not needed here)."""

@@ -17,15 +17,6 @@ from t2vturbo.models import call_unet
 ATOL = 5e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # one thread: the shared 2-core machine is oversubscribed, and a small UNet gains nothing from two
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _inputs():
     # fresh copies: tensors straight from safetensors can take other CPU kernels (see the fixture README)
     return {k: v.clone() for k, v in load_file(shared_path("fixtures", "vc2_small", "inputs.safetensors")).items()}
