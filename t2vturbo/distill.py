@@ -7,6 +7,7 @@ each rank reads its own shard, and only the main process writes files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -319,16 +320,10 @@ class Distiller:
             vals[f"reward/{rc.name}"] = float(score.detach())
         return total, vals
 
-    class _NoEma:
-        def __enter__(self):
-            return None
-
-        def __exit__(self, *a):
-            return False
-
     def _ema_weights(self):
+        """Within the block the trainable weights are the EMA copy (no-op for the online target)."""
         if self.ema is None:
-            return self._NoEma()
+            return contextlib.nullcontext()
         distiller = self
 
         class _Swap:

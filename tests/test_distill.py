@@ -186,3 +186,21 @@ def test_resume_skips_a_damaged_newest_checkpoint(clips, tmp_path):
     again = _student(out)
     for k in first:
         torch.testing.assert_close(again[k], first[k], atol=1e-6, rtol=0)
+
+
+def test_ema_target_is_checkpointed_and_lags_the_student(clips, tmp_path):
+    from t2vturbo.train_state import list_checkpoints, load_checkpoint
+
+    ov = small_distill_overrides(clips, steps=2, **{"sample.prompts": "[]", "distill.target": "ema",
+                                                    "distill.ema_decay": 0.5})
+    out = tmp_path / "ema"
+    run_distill(load_recipe(TINY, ov), out, progress=False, log=lambda m: None)
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])
+    assert state["ema"] and set(state["ema"]) == set(state["student"])
+    lora_b = [k for k in state["student"] if "lora_B" in k]
+    moved = [k for k in lora_b if state["student"][k].abs().max() > 0]
+    assert moved
+    for k in moved:
+        # B starts at 0; the EMA with decay 0.5 trails the online weights
+        assert not torch.equal(state["ema"][k], state["student"][k])
+        assert state["ema"][k].abs().max() > 0
