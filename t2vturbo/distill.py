@@ -38,9 +38,11 @@ from .rewards import RewardModel, load_reward, strided_frame_indices
 from .safeio import atomic_path
 from .student import (
     LoraSettings,
+    dropout_off,
     enable_block_checkpointing,
     make_student,
     save_student,
+    split_dropouts,
     student_state_dict,
     trainable_parameters,
 )
@@ -137,6 +139,10 @@ class Distiller:
         if r.train.gradient_checkpointing:
             enable_block_checkpointing(parts.unet)
         parts.unet.train()
+        # The frozen base model's dropout (diffusers' temporal convs carry Dropout(0.1)) is never active: the
+        # teacher's ODE step and the target must be deterministic functions of their inputs. Only the LoRA
+        # dropout is, and only in the student's forward.
+        self.base_dropouts, self.lora_dropouts = split_dropouts(parts.unet)
 
         # 2. Rewards (frozen), every configured reward on every rank.
         self.rewards: list[tuple[Any, RewardModel]] = []
@@ -237,7 +243,7 @@ class Distiller:
 
     def training_step(self, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
         _r, d = self.recipe, self.recipe.distill
-        parts, unet, dev = self.parts, self.unet, self.device
+        parts, dev = self.parts, self.device
         gen = self._seed_step()
         b = pixels.shape[0]
 
@@ -258,26 +264,7 @@ class Distiller:
         fps = self.fps.expand(b) if self.fps is not None else None
         w_dev = w.to(dev)
 
-        with torch.no_grad():
-            # 3. Teacher (adapter off, no guidance embedding): cond and uncond in ONE batched forward,
-            #    CFG in the LCM form on x0 and eps, then one DDIM step t_start -> t_end.
-            from .student import teacher_mode
-
-            with teacher_mode(unet), self.acc.autocast():
-                eps_cu = call_unet(unet, torch.cat([x_t, x_t]), torch.cat([t_start, t_start]),
-                                   torch.cat([cond, uncond]), fps=None if fps is None else torch.cat([fps, fps]))
-            eps_c, eps_u = eps_cu.float().chunk(2)
-            a_start = self.alphas[t_start]
-            x0_c, x0_u = predict_x0(eps_c, x_t.float(), a_start), predict_x0(eps_u, x_t.float(), a_start)
-            x0_g, eps_g = lcm_guidance(x0_c, x0_u, w_dev), lcm_guidance(eps_c, eps_u, w_dev)
-            x_prev = ddim_step(x0_g, eps_g, self.alphas[t_end]).to(latents.dtype)
-
-            # 4. Target: the consistency function at (x_prev, t_end) from the online student (or its EMA).
-            with self._ema_weights(), self.acc.autocast():
-                eps_tgt = call_unet(unet, x_prev, t_end, cond, timestep_cond=w_emb, fps=fps).float()
-            c_skip_e, c_out_e = boundary_scalings(t_end)
-            target = _bcast(c_skip_e, x_prev) * x_prev.float() + \
-                _bcast(c_out_e, x_prev) * predict_x0(eps_tgt, x_prev.float(), self.alphas[t_end])
+        x_prev, target = self.teacher_and_target(x_t, t_start, t_end, cond, uncond, w_dev, w_emb, fps)
 
         # 5. Student's single-step prediction (with grad) at t_start.
         with self.acc.autocast():
@@ -296,6 +283,35 @@ class Distiller:
             metrics.update(reward_vals)
         metrics["loss_cd"] = float(loss_cd.detach())
         return loss, metrics
+
+    @torch.no_grad()
+    def teacher_and_target(self, x_t, t_start, t_end, cond, uncond, w, w_emb, fps):
+        """Steps 3-4 of a training step, with no dropout anywhere: (x at t_end by the teacher's guided DDIM step,
+        the consistency target there). Deterministic: the same inputs give the same outputs."""
+        from .student import teacher_mode
+
+        unet = self.unet
+        for m in self.base_dropouts:  # whatever called .train() on the UNet since setup
+            m.eval()
+        with dropout_off(self.lora_dropouts):
+            # 3. Teacher (adapter off, no guidance embedding): cond and uncond in ONE batched forward,
+            #    CFG in the LCM form on x0 and eps, then one DDIM step t_start -> t_end.
+            with teacher_mode(unet), self.acc.autocast():
+                eps_cu = call_unet(unet, torch.cat([x_t, x_t]), torch.cat([t_start, t_start]),
+                                   torch.cat([cond, uncond]), fps=None if fps is None else torch.cat([fps, fps]))
+            eps_c, eps_u = eps_cu.float().chunk(2)
+            a_start = self.alphas[t_start]
+            x0_c, x0_u = predict_x0(eps_c, x_t.float(), a_start), predict_x0(eps_u, x_t.float(), a_start)
+            x0_g, eps_g = lcm_guidance(x0_c, x0_u, w), lcm_guidance(eps_c, eps_u, w)
+            x_prev = ddim_step(x0_g, eps_g, self.alphas[t_end]).to(x_t.dtype)
+
+            # 4. Target: the consistency function at (x_prev, t_end) from the online student (or its EMA).
+            with self._ema_weights(), self.acc.autocast():
+                eps_tgt = call_unet(unet, x_prev, t_end, cond, timestep_cond=w_emb, fps=fps).float()
+            c_skip_e, c_out_e = boundary_scalings(t_end)
+            target = _bcast(c_skip_e, x_prev) * x_prev.float() + \
+                _bcast(c_out_e, x_prev) * predict_x0(eps_tgt, x_prev.float(), self.alphas[t_end])
+        return x_prev, target
 
     def _reward_terms(self, pred: torch.Tensor, captions: list[str], gen: torch.Generator):
         """Decode only the frames the rewards need, once; return sum(beta * R) and the per-reward means."""

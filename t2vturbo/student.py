@@ -150,6 +150,29 @@ def teacher_mode(unet: nn.Module) -> Iterator[nn.Module]:
         set_adapter_enabled(unet, True)
 
 
+def split_dropouts(unet: nn.Module) -> tuple[list[nn.Dropout], list[nn.Dropout]]:
+    """(the base model's dropout modules, the LoRA adapter's dropout modules) of a student UNet."""
+    base: list[nn.Dropout] = []
+    lora: list[nn.Dropout] = []
+    for name, module in unet.named_modules():
+        if isinstance(module, nn.Dropout):
+            (lora if "lora_dropout" in name.split(".") else base).append(module)
+    return base, lora
+
+
+@contextlib.contextmanager
+def dropout_off(modules: list[nn.Dropout]) -> Iterator[None]:
+    """Within the block the given dropout modules are identities (their train/eval flag is restored after)."""
+    saved = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, saved, strict=True):
+            m.training = flag
+
+
 def student_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     """LoRA weights (peft names, adapter name stripped) plus the guidance projection."""
     from peft import get_peft_model_state_dict
