@@ -35,11 +35,11 @@ def sample(
     model: str | None = typer.Option(None, "--model", "-m", help="Teacher/base: 'tiny', a diffusers folder or a hub id (default: the student's recorded base model, else tiny)."),
     student: Path | None = typer.Option(None, "--student", "-s", help="Student: our folder, a peft LoRA, or an official unet_lora.pt. Omit to sample the base model as is."),
     teacher: bool = typer.Option(False, "--teacher", help="Sample the base model with DDIM + classifier-free guidance."),
-    steps: int = typer.Option(4, "--steps", help="UNet evaluations (student: 1, 2, 4, 8; teacher: e.g. 50)."),
-    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Guidance scale (student: via the guidance embedding)."),
-    frames: int = typer.Option(16, "--frames"),
-    height: int = typer.Option(256, "--height"),
-    width: int = typer.Option(256, "--width"),
+    steps: int | None = typer.Option(None, "--steps", help="UNet evaluations (default: the student's recorded steps, else 4; the teacher: 50)."),
+    guidance: float | None = typer.Option(None, "--guidance", "-g", help="Guidance scale (student: via the guidance embedding). Default: the student's recorded one, else the model's, else 7.5."),
+    frames: int | None = typer.Option(None, "--frames", help="Default: the student's recorded clip shape, else the model's native one, else 16."),
+    height: int | None = typer.Option(None, "--height", help="Default: as --frames (the model's native size is UNet sample_size x the VAE factor)."),
+    width: int | None = typer.Option(None, "--width", help="Default: as --height."),
     fps: int | None = typer.Option(None, "--fps", help="Frame rate of the output and fps condition of VideoCrafter2 (default: the model's, else 8)."),
     seed: int = typer.Option(0, "--seed", help="Video i uses seed + i."),
     out: Path | None = typer.Option(None, "--out", "-o", help=".mp4, .gif, or a folder for PNG frames (default outputs/<slug>.mp4)."),
@@ -54,10 +54,10 @@ def sample(
 
     from t2vturbo.errors import ConfigError
     from t2vturbo.models import load_teacher
-    from t2vturbo.sampling import sample_video
+    from t2vturbo.sampling import FALLBACK_STUDENT_STEPS, sample_video, sampling_defaults
     from t2vturbo.video import write_video
 
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise ConfigError("--steps must be at least 1")
     if teacher and student is not None:
         raise ConfigError("--teacher samples the base model; leave out --student (or --teacher)")
@@ -76,7 +76,11 @@ def sample(
 
             model = recorded_base_model(student) or "tiny"
     parts = load_teacher(model, device=dev, dtype=dt)
+    student_meta = {}
     if student is not None:
+        from t2vturbo.export import recorded_student_meta
+
+        student_meta = recorded_student_meta(student)
         from t2vturbo.export import merge_lora
         from t2vturbo.official_lora import load_any_student
 
@@ -89,13 +93,18 @@ def sample(
         from t2vturbo.export import pipeline_timesteps
 
         # An exported student (guidance folded in, LCMScheduler config): sample it as diffusers would.
-        timesteps = pipeline_timesteps(model, steps)
+        timesteps = pipeline_timesteps(model, steps or FALLBACK_STUDENT_STEPS)
         if timesteps is not None:
             mode = "student"
             console.print(f"{model} is an exported student: guidance is folded in at export; --guidance is ignored",
                           highlight=False)
-    if fps is None:
-        fps = parts.default_fps or 8
+    defaults = sampling_defaults(parts, student_meta, mode)
+    steps = defaults["steps"] if steps is None else steps
+    guidance = defaults["guidance"] if guidance is None else guidance
+    frames = defaults["frames"] if frames is None else frames
+    height = defaults["height"] if height is None else height
+    width = defaults["width"] if width is None else width
+    fps = defaults["fps"] if fps is None else fps
     paths = output_paths(list(prompts), out)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts)[start : start + batch_size]

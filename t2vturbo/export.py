@@ -200,8 +200,8 @@ def pipeline_timesteps(model_spec: str | Path, steps: int) -> list[int] | None:
 
 
 # --------------------------------------------------------------------------------------------- entry point
-def recorded_base_model(student_path: str | Path) -> str | None:
-    """The base model a student records: student.json ``base_model`` or a peft config's base model."""
+def recorded_student_meta(student_path: str | Path) -> dict:
+    """What a student records about itself (our student.json, or a peft adapter config); {} if nothing."""
     from .official_lora import PEFT_CONFIG, detect_student_format
     from .student import STUDENT_META
 
@@ -212,10 +212,13 @@ def recorded_base_model(student_path: str | Path) -> str | None:
     elif kind == "peft":
         meta = (path if path.is_dir() else path.parent) / PEFT_CONFIG
     else:
-        return None
-    if not meta.is_file():
-        return None
-    info = json.loads(meta.read_text())
+        return {}
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def recorded_base_model(student_path: str | Path) -> str | None:
+    """The base model a student records: student.json ``base_model`` or a peft config's base model."""
+    info = recorded_student_meta(student_path)
     return info.get("base_model") or info.get("base_model_name_or_path")
 
 

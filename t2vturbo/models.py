@@ -19,6 +19,10 @@ from .errors import MissingWeightError
 from .hub import resolve_pretrained_dir
 
 VAE_SCALE = 0.18215
+#: frames and fps when neither the student nor the model says (ModelScope's and VideoCrafter2's 16 frames)
+FALLBACK_FRAMES, FALLBACK_FPS = 16, 8
+#: the file in a model folder that holds its sampling defaults (frames, fps, guidance)
+DEFAULTS_FILE = "t2vturbo_defaults.json"
 
 #: the DDIM scheduler config of ModelScope, VideoCrafter2 and the tiny teacher (epsilon, scaled_linear betas)
 DDIM_SCHEDULER_CONFIG = {
@@ -48,6 +52,18 @@ class TeacherParts:
     #: fps fed to an fps-conditioned UNet (VideoCrafter2); None for ModelScope-style models
     default_fps: int | None = None
     extra: dict = field(default_factory=dict)
+    #: sampling defaults stored with the model (``t2vturbo_defaults.json`` in its folder): frames, fps, guidance
+    stored_defaults: dict = field(default_factory=dict)
+
+    def native_video(self) -> dict[str, int]:
+        """The clip shape the model was made for: frames (stored, else 16), height and width (UNet sample_size
+        times the VAE's downsampling factor), fps (stored, else the fps condition's default, else 8)."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return {"frames": int(self.stored_defaults.get("frames", FALLBACK_FRAMES)),
+                "height": int(h * factor), "width": int(w * factor),
+                "fps": int(self.stored_defaults.get("fps", self.default_fps or FALLBACK_FPS))}
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +144,9 @@ def decode_latents(parts: TeacherParts, latents: torch.Tensor, frames: list[int]
                    chunk: int = 0) -> torch.Tensor:
     """Decode (B, C, F, h, w) latents to pixels (B, F', 3, H, W) in [0, 1] (differentiable).
 
+    The map is ``(x / 2 + 0.5).clamp(0, 1)``, as the reference code feeds every reward: a reward never sees a pixel
+    value a video cannot show, and no gradient flows through values outside [0, 1] (no reward hacking there).
+
     Args:
         frames: which frame indices to decode (default: all).
         chunk: decode at most this many frames per VAE call (0 = all at once) to cap memory.
@@ -142,7 +161,7 @@ def decode_latents(parts: TeacherParts, latents: torch.Tensor, frames: list[int]
         pix = torch.cat([parts.vae.decode(x).sample for x in flat.split(chunk)])
     else:
         pix = parts.vae.decode(flat).sample
-    pix = (pix.float() + 1.0) / 2.0
+    pix = (pix.float() / 2.0 + 0.5).clamp(0.0, 1.0)
     return pix.reshape(b, f, *pix.shape[1:])
 
 
@@ -181,7 +200,8 @@ def load_diffusers_teacher(spec: str) -> TeacherParts:
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    how = "--model (a diffusers-layout folder or hub id, e.g. ali-vilab/text-to-video-ms-1.7b)"
+    how = ("model.teacher in the recipe (distill) or --model (sample, export): a diffusers-layout folder or hub id, "
+           "e.g. ali-vilab/text-to-video-ms-1.7b")
     root = Path(resolve_pretrained_dir(spec, "unet/ vae/ text_encoder/ tokenizer/ scheduler/", how))
     for sub in ("unet", "vae", "text_encoder", "tokenizer"):
         if not (root / sub).is_dir():
@@ -207,6 +227,8 @@ def load_diffusers_teacher(spec: str) -> TeacherParts:
     except ModuleNotFoundError:
         pass
     vae_scale = float(getattr(vae.config, "scaling_factor", VAE_SCALE))
+    defaults_path = root / DEFAULTS_FILE
+    stored = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
     return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                         alphas_cumprod=alphas_cumprod_from_scheduler_config(sched_cfg), name=str(spec),
-                        vae_scale=vae_scale, default_fps=default_fps, extra=extra)
+                        vae_scale=vae_scale, default_fps=default_fps, extra=extra, stored_defaults=stored)

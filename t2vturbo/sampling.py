@@ -221,3 +221,28 @@ def sample_video(
     seconds["decode"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     return SampleOutput(videos=videos, timesteps=timesteps, unet_calls=calls, seconds=seconds)
+
+
+#: what ``sample`` falls back to when neither the student nor the model records a value
+FALLBACK_GUIDANCE = 7.5
+FALLBACK_STUDENT_STEPS, FALLBACK_TEACHER_STEPS = 4, 50
+
+
+def sampling_defaults(parts: TeacherParts, student_meta: dict | None, mode: str) -> dict:
+    """Frames / height / width / fps / guidance / steps to sample with when the user gives none.
+
+    Order: the student's recorded recipe (``student.json``: ``video``, ``default_guidance``, ``default_steps``),
+    else the model's own (:meth:`TeacherParts.native_video`, its stored guidance), else the fallbacks above.
+    """
+    meta = student_meta or {}
+    out: dict = dict(parts.native_video())
+    recorded = meta.get("video") or {}
+    for key in ("frames", "height", "width", "fps"):
+        if recorded.get(key):
+            out[key] = int(recorded[key])
+    teacher = mode == "teacher"
+    out["guidance"] = float((None if teacher else meta.get("default_guidance"))
+                            or parts.stored_defaults.get("guidance") or FALLBACK_GUIDANCE)
+    out["steps"] = int((None if teacher else meta.get("default_steps"))
+                       or (FALLBACK_TEACHER_STEPS if teacher else FALLBACK_STUDENT_STEPS))
+    return out
