@@ -1,7 +1,7 @@
 """Find model weights: an explicit local path, else the standard Hugging Face cache, else one clear line.
 
 We never download inside tests; users with network access can pre-fetch with
-``huggingface-cli download REPO FILE`` and the cache lookup below finds the file.
+``hf download REPO FILE`` and the cache lookup below finds the file.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def resolve_file(
         found = cached_hub_file(hub_repo, filename)
         if found is not None:
             return found
-    where = f" (hub repo {hub_repo}: `huggingface-cli download {hub_repo} {filename}`)" if hub_repo else ""
+    where = f" (hub repo {hub_repo}: `hf download {hub_repo} {filename}`)" if hub_repo else ""
     raise MissingWeightError(f"missing weight {filename}{where}; download it and pass its path with {how}")
 
 
@@ -77,7 +77,7 @@ def resolve_pretrained_dir(spec: str, subfolder_hint: str, how: str) -> str:
             return snapshot_download(spec, local_files_only=True)
         except Exception:
             raise MissingWeightError(
-                f"model {spec} is not in the local Hugging Face cache; run `huggingface-cli download {spec}` "
+                f"model {spec} is not in the local Hugging Face cache; run `hf download {spec}` "
                 f"on a machine with network access, or pass a local folder with {how}"
             ) from None
     raise MissingWeightError(f"model folder {spec} not found ({subfolder_hint}); pass an existing folder or hub id with {how}")

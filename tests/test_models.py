@@ -52,7 +52,7 @@ def test_hub_id_not_in_cache_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(MissingWeightError) as err:
         load_teacher("ali-vilab/text-to-video-ms-1.7b")
     msg = str(err.value)
-    assert "huggingface-cli download ali-vilab/text-to-video-ms-1.7b" in msg and "\n" not in msg
+    assert "hf download ali-vilab/text-to-video-ms-1.7b" in msg and "\n" not in msg
 
 
 def test_incomplete_folder_names_the_missing_part(tmp_path):
