@@ -1,6 +1,6 @@
-"""Evaluate generators on the tiny world: judge accuracies, both tiny rewards, seconds per video.
+"""Evaluate generators on the tiny world: judge accuracies (with bootstrap CIs), both tiny rewards, s/video.
 
-Used by ``scripts/eval_tiny.py`` to reproduce the README table (paper Table 2 at toy scale).
+Used by ``scripts/eval_tiny.py`` to reproduce the README table (the paper's Table 2 at toy scale).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch
 
 from .world import all_captions
 
+ATTRIBUTES = ("colour", "shape", "motion", "all")
+
 
 @dataclass
 class Variant:
@@ -23,6 +25,7 @@ class Variant:
     steps: int
     guidance: float
     student: str | None = None
+    teacher: str = "tiny"  # the base model: ``tiny`` (the shipped one) or a folder of the same family
 
 
 def prompt_set(n: int) -> list[str]:
@@ -34,66 +37,127 @@ def prompt_set(n: int) -> list[str]:
     return [caps[int(i * stride)] for i in range(n)]
 
 
+def bootstrap_ci(hits: list[bool], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of 0/1 outcomes."""
+    x = torch.tensor([float(h) for h in hits])
+    if len(x) == 0:
+        return (0.0, 0.0)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(x), (resamples, len(x)), generator=gen)
+    means = x[idx].mean(dim=1).sort().values
+    lo = means[int((1 - level) / 2 * (resamples - 1))]
+    hi = means[int((1 + level) / 2 * (resamples - 1))]
+    return float(lo), float(hi)
+
+
+def score_videos(videos: torch.Tensor, captions: list[str], rewards: dict) -> dict:
+    """Judge accuracies, their 95% CIs and mean reward scores of videos (B, T, 3, H, W) in [0, 1]."""
+    from .judge import judge
+
+    verdict = judge(videos, captions)
+    row: dict = {"videos": len(captions)}
+    for key in ATTRIBUTES:
+        row[key] = verdict[key]
+        row[f"{key}_ci"] = bootstrap_ci([r[f"{key}_ok"] for r in verdict["per_video"]])
+    with torch.no_grad():
+        for name, model in rewards.items():
+            row[name] = float(torch.cat([model(v, c) for v, c in zip(videos.split(64), _split(captions, 64),
+                                                                      strict=True)]).mean())
+    return row
+
+
+def _split(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
 @torch.no_grad()
-def evaluate(variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 8) -> dict:
-    """Sample every prompt with every seed and score the videos."""
+def generate(variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 48) -> tuple[torch.Tensor, list[str], float]:
+    """Sample every prompt with every seed: (videos, captions, seconds per video)."""
     from ..models import load_teacher
     from ..official_lora import load_any_student
-    from ..rewards import load_reward
     from ..sampling import sample_video
-    from .judge import judge
-    from .teacher import FRAMES, HEIGHT, WIDTH
 
-    parts = load_teacher("tiny")
+    parts = load_teacher(variant.teacher)
     if variant.student:
+        from ..export import merge_lora
+
         load_any_student(variant.student, parts)
-    rewards = {name: load_reward(name) for name in ("tiny-image", "tiny-video")}
+        merge_lora(parts.unet)
+    shape = parts.native_video()
     jobs = [(p, s) for s in seeds for p in prompts]
     videos, seconds = [], 0.0
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]
         t0 = time.perf_counter()
         out = sample_video(parts, [p for p, _ in chunk], steps=variant.steps, guidance=variant.guidance,
-                           mode=variant.mode, frames=FRAMES, height=HEIGHT, width=WIDTH, seed=[s * 1000 + i + k
-                                                                                              for k, (_, s) in enumerate(chunk)])
+                           mode=variant.mode, frames=shape["frames"], height=shape["height"], width=shape["width"],
+                           seed=[s * 1000 + prompts.index(p) for p, s in chunk])
         seconds += time.perf_counter() - t0
         videos.append(out.videos)
-    videos_t = torch.cat(videos)
-    captions = [p for p, _ in jobs]
-    verdict = judge(videos_t, captions)
-    row = {"label": variant.label, "steps": variant.steps, "videos": len(jobs),
-           "colour": verdict["colour"], "shape": verdict["shape"], "motion": verdict["motion"], "all": verdict["all"],
-           "seconds_per_video": seconds / len(jobs)}
-    for name, model in rewards.items():
-        row[name] = float(torch.cat([model(v[None], [c]) for v, c in zip(videos_t, captions, strict=True)]).mean())
-    return row
+    return torch.cat(videos), [p for p, _ in jobs], seconds / len(jobs)
+
+
+def evaluate(variant: Variant, prompts: list[str], seeds: list[int], rewards: dict | None = None,
+             batch_size: int = 48) -> tuple[dict, torch.Tensor]:
+    """One table row for ``variant`` (and its videos, for pictures)."""
+    from ..rewards import load_reward
+
+    rewards = rewards or {name: load_reward(name) for name in ("tiny-image", "tiny-video")}
+    videos, captions, spv = generate(variant, prompts, seeds, batch_size)
+    row = {"label": variant.label, "steps": variant.steps, "guidance": variant.guidance,
+           **score_videos(videos, captions, rewards), "seconds_per_video": spv}
+    return row, videos
+
+
+def ground_truth_row(prompts: list[str], seeds: list[int], rewards: dict | None = None) -> tuple[dict, torch.Tensor]:
+    """The same table row for the world's own clips (an upper bound for the judge and the rewards)."""
+    from ..rewards import load_reward
+    from .world import clips_for_captions
+
+    rewards = rewards or {name: load_reward(name) for name in ("tiny-image", "tiny-video")}
+    captions = [p for s in seeds for p in prompts]
+    videos = torch.cat([clips_for_captions(prompts, seed=s) for s in seeds])
+    row = {"label": "ground truth (data)", "steps": 0, "guidance": 0.0, **score_videos(videos, captions, rewards),
+           "seconds_per_video": 0.0}
+    return row, videos
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| generator | steps | colour | shape | motion | all three | tiny-image | tiny-video | s/video |"
-    sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    lines = [head, sep]
+    head = ("| generator | steps | colour | shape | motion | all three | tiny-image | tiny-video | s/video |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+
+    def cell(r, k):
+        lo, hi = r[f"{k}_ci"]
+        return f"{r[k]:.2f} [{lo:.2f}, {hi:.2f}]"
+
     for r in rows:
-        lines.append(f"| {r['label']} | {r['steps']} | {r['colour']:.0%} | {r['shape']:.0%} | {r['motion']:.0%} | "
-                     f"{r['all']:.0%} | {r['tiny-image']:.3f} | {r['tiny-video']:.3f} | {r['seconds_per_video']:.2f} |")
+        lines.append(f"| {r['label']} | {r['steps']} | " + " | ".join(cell(r, k) for k in ATTRIBUTES)
+                     + f" | {r['tiny-image']:.3f} | {r['tiny-video']:.3f} | {r['seconds_per_video']:.3f} |")
     return "\n".join(lines)
 
 
-def ground_truth_row(prompts: list[str], seeds: list[int]) -> dict:
-    """The same table row for the world's own clips (an upper bound for the judge and the rewards)."""
-    from ..rewards import load_reward
-    from .judge import judge
-    from .world import clips_for_captions
+def frames_picture(rows: list[tuple[str, torch.Tensor]], path: Path, videos_per_row: int = 3, scale: int = 3) -> Path:
+    """A PNG grid: one row per generator (label, videos), ``videos_per_row`` videos side by side, every frame."""
+    import torch.nn.functional as F
+    from PIL import Image
 
-    captions = [p for s in seeds for p in prompts]
-    videos = torch.cat([clips_for_captions(prompts, seed=s) for s in seeds])
-    verdict = judge(videos, captions)
-    row = {"label": "ground truth (data)", "steps": 0, "videos": len(captions), "seconds_per_video": 0.0,
-           **{k: verdict[k] for k in ("colour", "shape", "motion", "all")}}
-    for name in ("tiny-image", "tiny-video"):
-        model = load_reward(name)
-        row[name] = float(model(videos, captions).mean())
-    return row
+    from ..safeio import atomic_path
+
+    strips = []
+    for _label, videos in rows:
+        v = videos[:videos_per_row]  # (n, T, 3, H, W)
+        pad = F.pad(v, (1, 1, 1, 1), value=1.0)  # white frame borders
+        strip = torch.cat([torch.cat(list(clip), dim=-1) for clip in pad], dim=-1)  # (3, H+2, n*T*(W+2))
+        strips.append(F.pad(strip, (0, 0, 2, 2), value=1.0))
+    grid = torch.cat(strips, dim=-2)
+    grid = F.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return path
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
