@@ -5,7 +5,8 @@ are blurrier than the renderer) and scores them against ALL 48 captions of the w
 wrong-shape and wrong-direction caption is a negative in every step.
   tiny-image: soft cross-entropy whose target is spread evenly over the 4 captions with the right colour and
               shape (a single frame cannot tell the direction, so the model learns to ignore it).
-  tiny-video: cross-entropy on the one true caption.
+  tiny-video: cross-entropy on the one true caption, from 4 strided frames at 6x6 pixels (coarse, as ViCLIP's
+              view of a video is: strong on motion, weaker on shape).
 Weights go to t2vturbo/tiny/weights/rewards/tiny-{image,video}.{safetensors,json}.
 
   python scripts/train_tiny_rewards.py --seed 0
@@ -67,9 +68,9 @@ def targets(kind: str, caps: list[str], world: list[str]) -> torch.Tensor:
 
 
 def train(kind: str, seed: int, steps: int, batch: int, lr: float, channels: list[int], frames_per_clip: int,
-          scale: float) -> TinyReward:
+          scale: float, size: int, num_frames: int) -> TinyReward:
     torch.manual_seed(seed)
-    model = TinyReward(kind, channels)
+    model = TinyReward(kind, channels, num_frames=num_frames, size=size)
     world = all_captions()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -123,10 +124,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REWARD_DIR)
     ap.add_argument("--which", choices=["image", "video", "both"], default="both")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--image-steps", type=int, default=1500)
+    ap.add_argument("--video-steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--scale", type=float, default=20.0, help="logit scale of the contrastive softmax")
+    ap.add_argument("--image-size", type=int, default=24, help="tiny-image sees frames at this size")
+    ap.add_argument("--video-size", type=int, default=6, help="tiny-video sees frames at this size (coarse)")
+    ap.add_argument("--video-frames", type=int, default=4, help="tiny-video sees this many strided frames")
     ap.add_argument("--eval-clips", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,10 +140,12 @@ def main() -> None:
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     for kind in kinds:
         channels = [16, 32, 64]
-        model = train(kind, args.seed, args.steps, args.batch, args.lr, channels, frames_per_clip=2, scale=args.scale)
+        steps = args.image_steps if kind == "image" else args.video_steps
+        model = train(kind, args.seed, steps, args.batch, args.lr, channels, frames_per_clip=2, scale=args.scale,
+                      size=args.image_size if kind == "image" else args.video_size, num_frames=args.video_frames)
         path = save_tiny_reward(model, args.out / f"tiny-{kind}")
         acc = evaluate(model, args.seed, args.eval_clips)
-        stats[f"tiny-{kind}"] = {"seconds": round(model.train_seconds, 1), "steps": args.steps, "batch": args.batch,
+        stats[f"tiny-{kind}"] = {"seconds": round(model.train_seconds, 1), "steps": steps, "batch": args.batch,
                                  "seed": args.seed, "heldout": acc}
         log(f"tiny-{kind}: wrote {path}; held-out {acc}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -60,14 +60,21 @@ def no_dropout(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def analytic_vae_init(vae, k: float = 20.0, beta: float = 8.0, logvar: float = -9.0) -> None:
-    """Set the AutoencoderKL weights so it starts as (almost exactly) 4x4 average pooling of RGB and nearest upsampling.
+def analytic_vae_init(vae, k: float = 20.0, beta: float = 8.0, logvar: float = -9.0, offset: float = -0.35,
+                      blur: bool = True) -> None:
+    """Set the AutoencoderKL weights so it is (almost exactly) 4x4 average pooling of RGB and bilinear upsampling.
 
     Every residual branch is zeroed (resnet conv2, attention out-projection), so only the skip path is left:
-    conv_in, the downsampling convs (2x2 average), the channel-changing shortcuts, the upsampling convs (identity)
-    and the final GroupNorm -> SiLU -> conv_out. The content channels travel as +x/-x pairs next to +-k constant
-    channels in the same norm group, which keeps that GroupNorm linear (group mean 0, std ~ set by k), and the
-    GroupNorm shift ``beta`` keeps the SiLU in its linear range. Training then only has to learn refinements.
+    conv_in, the downsampling convs (2x2 average), the channel-changing shortcuts, the upsampling convs and the
+    final GroupNorm -> SiLU -> conv_out. The content channels travel as +x/-x pairs next to +-k constant channels
+    in the same norm group, which keeps that GroupNorm linear (group mean 0, std ~ set by k), and the GroupNorm
+    shift ``beta`` keeps the SiLU in its linear range.
+
+    ``offset`` is subtracted from the [-1, 1] pixel values on the way in (and added back on the way out), so
+    a typical background is latent 0: latents are sparse (only the object is non-zero), and the zero padding
+    of the upsampling convs matches the background. With ``blur`` each decoder upsampler is nearest-2x followed
+    by the [1, 2, 1] / 4 filter in both axes, which is exactly bilinear 2x upsampling: decoded objects have
+    smooth edges instead of 4x4 blocks.
     """
     enc, dec = vae.encoder, vae.decoder
     # a layout: channels 0-5 = r, -r, g, -g, b, -b; channels 6-15 = +k, -k, ...
@@ -101,21 +108,27 @@ def analytic_vae_init(vae, k: float = 20.0, beta: float = 8.0, logvar: float = -
             conv.bias.zero_()
             for i in range(16):
                 conv.weight[i, i, :2, :2] = 0.25  # with the (0, 1, 0, 1) pad: mean of each 2x2 cell
+    kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
     for block in dec.up_blocks:
         for us in block.upsamplers or []:
             identity_1x1(us.conv)
+            if blur:
+                for i in range(6):  # the content pairs only: the constants must stay constant
+                    us.conv.weight[i, i] = kernel[:, None] * kernel[None, :]
 
-    def embed(conv, n_in):  # n_in content inputs -> +-pairs, plus +-k constants from the bias
+    def embed(conv, n_in, shift):  # n_in content inputs -> +-pairs, plus +-k constants from the bias
         conv.weight.zero_()
         conv.bias.zero_()
         centre = tuple(s // 2 for s in conv.kernel_size)
         for c in range(n_in):
             conv.weight[(2 * c, c, *centre)] = 1.0
             conv.weight[(2 * c + 1, c, *centre)] = -1.0
+            conv.bias[2 * c] = -shift
+            conv.bias[2 * c + 1] = shift
         for j in range(n_const):
             conv.bias[6 + j] = k if j % 2 == 0 else -k
 
-    def read_out(norm, conv, n_out, gain):
+    def read_out(norm, conv, n_out, shift):
         # the content pairs share norm group 0 with (group - 6) constants: sigma ~ k * sqrt(those / group)
         group = norm.num_channels // norm.num_groups
         sigma = k * (min(n_const, group - 6) / group) ** 0.5
@@ -124,16 +137,15 @@ def analytic_vae_init(vae, k: float = 20.0, beta: float = 8.0, logvar: float = -
         conv.weight.zero_()
         conv.bias.zero_()
         centre = tuple(s // 2 for s in conv.kernel_size)
-        base = beta * torch.sigmoid(torch.tensor(beta))
+        slope = torch.sigmoid(torch.tensor(beta)) * (1 + beta * (1 - torch.sigmoid(torch.tensor(beta))))
         for c in range(n_out):
             # silu(beta + x/sigma) - silu(beta + (-x)/sigma) ~ 2 x / sigma * silu'(beta)
-            slope = torch.sigmoid(torch.tensor(beta)) * (1 + beta * (1 - torch.sigmoid(torch.tensor(beta))))
-            conv.weight[(c, 2 * c, *centre)] = gain * sigma / (2 * slope)
-            conv.weight[(c, 2 * c + 1, *centre)] = -gain * sigma / (2 * slope)
-        return base
+            conv.weight[(c, 2 * c, *centre)] = sigma / (2 * slope)
+            conv.weight[(c, 2 * c + 1, *centre)] = -sigma / (2 * slope)
+            conv.bias[c] = shift
 
-    embed(enc.conv_in, 3)
-    read_out(enc.conv_norm_out, enc.conv_out, 3, 1.0)
+    embed(enc.conv_in, 3, offset)
+    read_out(enc.conv_norm_out, enc.conv_out, 3, 0.0)
     # conv_out gives 8 channels: 4 means (r, g, b, 0) then 4 log-variances
     enc.conv_out.bias[4:].fill_(logvar)
     if vae.quant_conv is not None:
@@ -141,8 +153,8 @@ def analytic_vae_init(vae, k: float = 20.0, beta: float = 8.0, logvar: float = -
         vae.quant_conv.weight[4:, 4:, 0, 0] = torch.eye(4)
     if vae.post_quant_conv is not None:
         identity_1x1(vae.post_quant_conv)
-    embed(dec.conv_in, 3)
-    read_out(dec.conv_norm_out, dec.conv_out, 3, 1.0)
+    embed(dec.conv_in, 3, 0.0)
+    read_out(dec.conv_norm_out, dec.conv_out, 3, offset)
 
 
 def _vae_batch(step: int, seed: int, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,10 +246,18 @@ def _update_stats(out: Path, stats: dict) -> None:
 
 
 def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: float, snr_gamma: float,
-               stop_after: int | None = None) -> None:
-    from diffusers import AutoencoderKL, UNet3DConditionModel
+               stop_after: int | None = None, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
+               eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
+               extend_lr: float | None = None) -> None:
+    """DDPM epsilon training of the UNet. Every random draw of step ``i`` comes from (seed, i), so a run stopped
+    at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
-    from t2vturbo.models import encode_pixels, encode_prompts, scaled_linear_alphas_cumprod
+    ``extend`` more steps after the ``steps`` of the first cosine schedule run a second one (warm restart to
+    ``extend_lr``): how a finished teacher is trained further without changing what its first phase did."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from safetensors.torch import load_file, save_file
+
+    from t2vturbo.models import DEFAULTS_FILE, encode_pixels, encode_prompts, scaled_linear_alphas_cumprod
 
     parts = tiny.build_tiny_teacher(seed)  # random frozen text encoder + tokenizer
     parts.vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
@@ -247,6 +267,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     tiny.write_tiny_tokenizer(out / "tokenizer")  # vocab.json + merges.txt: readable by any CLIPTokenizer
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(tiny.SCHEDULER_CONFIG, indent=1))
+    (out / DEFAULTS_FILE).write_text(json.dumps(tiny.STORED_DEFAULTS, indent=1))
 
     captions = all_captions()
     table = encode_prompts(parts, captions + [""])  # (49, L, D): the world has only 48 captions
@@ -260,12 +281,50 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     alphas = scaled_linear_alphas_cumprod()
     snr = alphas / (1 - alphas)
-    gen = torch.Generator().manual_seed(seed + 2)
+    start, elapsed, running = 0, 0.0, None
+    ckpt = checkpoint_dir / "unet-train.safetensors" if checkpoint_dir else None
+    if ckpt is not None and ckpt.is_file():
+        state = load_file(ckpt)
+        meta = json.loads(ckpt.with_suffix(".json").read_text())
+        if meta["steps"] != steps or meta["batch"] != batch or meta["lr"] != lr or meta["seed"] != seed:
+            raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
+        unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
+        ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+        opt_state = opt.state_dict()
+        for i, p in enumerate(unet.parameters()):
+            if f"opt.{i}.exp_avg" in state:
+                opt.state[p] = {"step": state[f"opt.{i}.step"], "exp_avg": state[f"opt.{i}.exp_avg"],
+                                "exp_avg_sq": state[f"opt.{i}.exp_avg_sq"]}
+        del opt_state
+        start, elapsed, running = meta["step"], meta["elapsed"], meta["running"]
+        log(f"resumed from {ckpt} at step {start} ({elapsed:.0f}s trained)")
+
+    def save_checkpoint(step: int) -> None:
+        tensors = {f"unet.{k}": v.contiguous() for k, v in unet.state_dict().items()}
+        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
+        for i, p in enumerate(unet.parameters()):
+            st = opt.state.get(p)
+            if st:
+                tensors[f"opt.{i}.step"] = torch.as_tensor(st["step"]).reshape(())
+                tensors[f"opt.{i}.exp_avg"] = st["exp_avg"]
+                tensors[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"]
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        save_file(tensors, tmp)
+        meta = {"step": step, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "running": running,
+                "elapsed": elapsed + time.time() - t0}
+        ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
+        tmp.replace(ckpt)
+        ckpt.with_suffix(".json.tmp").replace(ckpt.with_suffix(".json"))
+
     t0 = time.time()
-    running = None
-    for step in range(steps if stop_after is None else min(steps, stop_after)):
+    total = steps + extend
+    end = total if stop_after is None else min(total, stop_after)
+    for step in range(start, end):
+        gen = torch.Generator().manual_seed(1_000_003 * (seed + 2) + step)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup=30)
+            g["lr"] = (lr_at(step, steps, lr, warmup=30) if step < steps
+                       else lr_at(step - steps, extend, extend_lr or lr, warmup=30))
         # 1. data: fresh clips every step, encoded with the frozen VAE
         clips, caps = random_clips(batch, seed=10_000 * (seed + 1) + 5_000_000 + step)
         with torch.no_grad():
@@ -286,56 +345,70 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        decay = min(0.995, (1 + step) / (10 + step))
+        decay = min(0.998, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        if step % 10 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {loss.item():.4f} avg {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({time.time() - t0:.0f}s)")
-        if (step + 1) % 50 == 0 or step == steps - 1 or step + 1 == stop_after:
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 20 == 0 or step == total - 1:
+            log(f"unet step {step}/{total} loss {loss.item():.4f} avg {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({elapsed + time.time() - t0:.0f}s)")
+        if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == end):
+            save_checkpoint(step + 1)
+        if (step + 1) % 100 == 0 or step + 1 == end:
             ema.save_pretrained(out / "unet", safe_serialization=True)
-    _update_stats(out, {"unet_steps": steps, "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr, "unet_seconds": round(time.time() - t0, 1),
-                        "unet_final_loss_avg": running, "text_encoder": f"random frozen, build_tiny_teacher({seed})"})
+        if eval_every and ((step + 1) % eval_every == 0):
+            quick_eval(out, ema, step + 1, eval_steps, guidance)
+    # shipped in float16 (half the size; t2vturbo loads it as float32, and the evaluation uses these weights)
+    copy.deepcopy(ema).half().save_pretrained(out / "unet", safe_serialization=True)
+    _update_stats(out, {"unet_steps": steps, "unet_extend_steps": extend, "unet_extend_lr": extend_lr,
+                        "unet_trained_steps": end, "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
+                        "unet_seconds": round(elapsed + time.time() - t0, 1), "unet_final_loss_avg": running,
+                        "unet_params": sum(p.numel() for p in unet.parameters()),
+                        "text_encoder": f"random frozen, build_tiny_teacher({seed})"})
     log("unet done")
+
+
+@torch.no_grad()
+def quick_eval(out: Path, unet, step: int, steps: int, guidance: float) -> None:
+    """DDIM + CFG on the 48 captions with the current EMA weights (a progress check, not the shipped figure)."""
+    from t2vturbo.models import load_diffusers_teacher
+    from t2vturbo.sampling import sample_video
+
+    parts = load_diffusers_teacher(str(out))
+    parts.unet = unet
+    t0 = time.time()
+    caps = all_captions()
+    res = sample_video(parts, caps, steps=steps, guidance=guidance, mode="teacher", frames=tiny.FRAMES,
+                       height=tiny.HEIGHT, width=tiny.WIDTH, seed=[90_000 + i for i in range(len(caps))])
+    score = judge(res.videos, caps)
+    log(f"quick eval at step {step}: DDIM {steps} + CFG {guidance}: colour {score['colour']:.2f} shape "
+        f"{score['shape']:.2f} motion {score['motion']:.2f} all {score['all']:.2f} ({time.time() - t0:.0f}s)")
+    try:
+        import torchvision
+
+        torchvision.utils.save_image(res.videos[:12].flatten(0, 1), f"/tmp/tiny_teacher_step{step}.png", nrow=tiny.FRAMES)
+    except Exception:  # noqa: BLE001 - a preview is optional
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------------- eval
 
 
 def evaluate(out: Path, seed: int, guidance: float, steps_list: list[int], repeats: int) -> dict:
-    from t2vturbo.models import load_diffusers_teacher
-    from t2vturbo.sampling import sample_video
-    from t2vturbo.tiny.judge import judge
+    """DDIM + CFG on every caption (x ``repeats`` seeds), judged; merged into training_stats.json."""
+    from t2vturbo.tiny.evaluate import Variant, generate, score_videos
 
-    parts = load_diffusers_teacher(str(out))
-    parts.unet.eval()
-    parts.vae.eval()
-    captions = all_captions() * repeats
+    if out.resolve() != tiny.TEACHER_DIR.resolve():
+        raise SystemExit("--stage eval evaluates the shipped teacher: copy OUT into t2vturbo/tiny/weights/teacher first")
     results = {}
     for steps in steps_list:
-        t0 = time.time()
-        videos = []
-        for i in range(0, len(captions), 24):
-            chunk = captions[i:i + 24]
-            res = sample_video(parts, chunk, steps=steps, guidance=guidance, mode="teacher", frames=tiny.FRAMES,
-                               height=tiny.HEIGHT, width=tiny.WIDTH, seed=[seed + i + k for k in range(len(chunk))])
-            videos.append(res.videos)
-        videos = torch.cat(videos)
-        score = judge(videos, captions)
-        row = {k: score[k] for k in ("colour", "shape", "motion", "all")}
-        row["seconds_per_video"] = (time.time() - t0) / len(captions)
+        videos, caps, spv = generate(Variant("teacher", "teacher", steps, guidance), all_captions(),
+                                     list(range(seed, seed + repeats)))
+        row = {k: v for k, v in score_videos(videos, caps, {}).items()}
+        row["seconds_per_video"] = spv
         results[f"ddim{steps}_cfg{guidance}"] = row
         log(f"eval DDIM {steps} steps, CFG {guidance}: {row}")
-        if steps == max(steps_list):
-            try:
-                import torchvision
-
-                torchvision.utils.save_image(videos[:12].flatten(0, 1), Path("/tmp") / f"tiny_teacher_samples_{steps}.png",
-                                             nrow=tiny.FRAMES)
-            except Exception:  # noqa: BLE001 - a preview is optional
-                pass
     stats_path = out / "training_stats.json"
     previous = json.loads(stats_path.read_text()).get("eval", {}) if stats_path.is_file() else {}
     _update_stats(out, {"eval": {**previous, **results}})
@@ -360,8 +433,14 @@ def main() -> None:
     ap.add_argument("--unet-steps", type=int, default=250)
     ap.add_argument("--unet-batch", type=int, default=8)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--unet-extend", type=int, default=0,
+                    help="after --unet-steps, this many more steps on a second cosine schedule (resumes a finished run)")
+    ap.add_argument("--unet-extend-lr", type=float, default=None, help="peak lr of the --unet-extend phase")
     ap.add_argument("--unet-stop-after", type=int, default=None,
                     help="stop after this many steps of a --unet-steps schedule (what the shipped teacher did)")
+    ap.add_argument("--checkpoint-dir", type=Path, default=Path("runs/tiny-teacher-train"),
+                    help="where the UNet stage keeps its resumable checkpoint (rerun the same command to resume)")
+    ap.add_argument("--eval-every", type=int, default=0, help="quick DDIM-25 judge check every N UNet steps")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -375,7 +454,8 @@ def main() -> None:
                   args.vae_focus_steps, args.vae_focus_weight, args.vae_resume, args.vae_init, args.vae_decoder_only)
     if args.stage in ("unet", "all"):
         train_unet(args.out, args.seed, args.unet_steps, args.unet_batch, args.unet_lr, args.caption_dropout,
-                   args.snr_gamma, args.unet_stop_after)
+                   args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
+                   guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 

@@ -3,10 +3,12 @@
 - ``tiny-image``: frame-text contrastive. A small CNN embeds every frame on its own and the score is the mean
   over frames of the cosine similarity with the caption embedding, so it sees colour and shape and is blind to
   motion by construction (shuffling frames cannot change it).
-- ``tiny-video``: clip-text contrastive. A small 3D CNN embeds the whole clip, so it sees motion too.
+- ``tiny-video``: clip-text contrastive. A small 3D CNN embeds 4 strided frames at 8x8 pixels, so, like ViCLIP
+  (8 frames at 224 px of a 256-px video, a coarse view), it is strong on motion and weaker on appearance: the
+  shape is barely visible at that resolution.
 
-Both take frames (B, T, 3, H, W) in [0, 1] (resized to 64x64 if needed) and return a differentiable cosine
-similarity in [-1, 1] per video. Captions are read word by word; words outside the tiny world are ignored.
+Both take frames (B, T, 3, H, W) in [0, 1] (resized to their own size if needed) and return a differentiable
+cosine similarity in [-1, 1] per video. Captions are read word by word; words outside the tiny world are ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, MissingWeightError
-from . import RewardModel, register_reward
+from . import RewardModel, register_reward, strided_frame_indices
 
 REWARD_DIR = Path(__file__).resolve().parent.parent / "tiny" / "weights" / "rewards"
 FORMAT = "t2vturbo-tiny-reward"
@@ -65,7 +67,7 @@ def _conv_stack(conv, channels: list[int], first_in: int, strides) -> nn.Sequent
 
 
 class FrameEncoder(nn.Module):
-    """One frame (N, 3, 64, 64) -> unit vector; mean and max pooled features keep colour and shape."""
+    """One frame (N, 3, S, S) -> unit vector; mean and max pooled features keep colour and shape."""
 
     def __init__(self, channels: list[int], dim: int):
         super().__init__()
@@ -79,7 +81,7 @@ class FrameEncoder(nn.Module):
 
 
 class ClipEncoder(nn.Module):
-    """A clip (B, 3, T, 64, 64) -> unit vector; 3D convolutions see how the frames change, i.e. the motion."""
+    """A clip (B, 3, T, S, S) -> unit vector; 3D convolutions see how the frames change, i.e. the motion."""
 
     def __init__(self, channels: list[int], dim: int):
         super().__init__()
@@ -96,7 +98,7 @@ class ClipEncoder(nn.Module):
 class TinyReward(RewardModel):
     """Cosine similarity between a video (or each of its frames) and its caption in a learned joint space."""
 
-    def __init__(self, kind: str, channels: list[int], dim: int = 64, num_frames: int = 8, size: int = 64):
+    def __init__(self, kind: str, channels: list[int], dim: int = 64, num_frames: int = 4, size: int = 24):
         super().__init__()
         self.kind = kind
         self.num_frames = num_frames if kind == "video" else None
@@ -114,7 +116,9 @@ class TinyReward(RewardModel):
         return flat.reshape(b, t, 3, self.size, self.size)
 
     def embed_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) per-frame embeddings (image) or (B, D) clip embeddings (video)."""
+        """(B, T, D) per-frame embeddings (image) or (B, D) clip embeddings (video, of its strided frames)."""
+        if self.num_frames is not None and frames.shape[1] != self.num_frames:
+            frames = frames[:, strided_frame_indices(frames.shape[1], self.num_frames)]
         frames = self._resize(frames.to(self.text.embed.weight.dtype))
         b, t = frames.shape[:2]
         if self.kind == "image":
