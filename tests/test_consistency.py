@@ -69,7 +69,9 @@ def test_guidance_embedding_matches_the_reference_vector():
     from safetensors.torch import load_file
 
     d = load_file(str(shared_path("fixtures", "vc2_small_student", "inputs.safetensors")))
-    torch.testing.assert_close(guidance_embedding(d["w"], 256), d["w_emb"], atol=1e-5, rtol=0)
+    # w * 1000 reaches thousands of radians, where float32 sin/cos kernels differ by up to ~1e-3 between CPUs (the
+    # fixture README says so; measured 4.9e-4 on an AVX-512 machine): compare at that precision.
+    torch.testing.assert_close(guidance_embedding(d["w"], 256), d["w_emb"], atol=1e-3, rtol=0)
 
 
 def test_huber_and_l2():

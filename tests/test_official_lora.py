@@ -220,7 +220,9 @@ def test_guidance_embedding_matches_fixture():
     from t2vturbo.consistency import guidance_embedding
 
     inputs = load_weights(shared_path("fixtures", "ms_official_lora_small", "inputs.safetensors"))
-    assert torch.allclose(guidance_embedding(inputs["w"]), inputs["timestep_cond"], atol=1e-6)
+    # sin/cos of w * 1000 (thousands of radians) differ by up to ~1e-3 between float32 CPU kernels (see the
+    # vc2_small_student fixture README); measured 4e-4 on an AVX-512 machine
+    assert torch.allclose(guidance_embedding(inputs["w"]), inputs["timestep_cond"], atol=1e-3)
 
 
 @pytest.mark.parametrize("with_projection", [False, True])
