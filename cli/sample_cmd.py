@@ -69,18 +69,17 @@ def sample(
         dt = dtypes[dtype]
     else:
         raise ConfigError(f"--dtype {dtype!r}: use float32, float16, bfloat16 or auto")
-    if model is None:
-        model = "tiny"
-        if student is not None:
-            from t2vturbo.export import recorded_base_model
-
-            model = recorded_base_model(student) or "tiny"
-    parts = load_teacher(model, device=dev, dtype=dt)
     student_meta = {}
     if student is not None:
         from t2vturbo.export import recorded_student_meta
 
-        student_meta = recorded_student_meta(student)
+        student_meta = recorded_student_meta(student)  # read once: base model, recipe shape, guidance, steps
+    if model is None:
+        from t2vturbo.export import base_model_of
+
+        model = base_model_of(student_meta) or "tiny"
+    parts = load_teacher(model, device=dev, dtype=dt)
+    if student is not None:
         from t2vturbo.export import merge_lora
         from t2vturbo.official_lora import load_any_student
 

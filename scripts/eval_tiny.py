@@ -56,7 +56,6 @@ def main() -> int:
 
     from t2vturbo.config import load_recipe
     from t2vturbo.distill import run_distill
-    from t2vturbo.rewards import load_reward
     from t2vturbo.tiny.evaluate import (
         Variant,
         evaluate,
@@ -64,6 +63,7 @@ def main() -> int:
         ground_truth_row,
         markdown_table,
         prompt_set,
+        tiny_rewards,
         write_rows,
     )
     from t2vturbo.tiny.teacher import TEACHER_GUIDANCE
@@ -94,7 +94,7 @@ def main() -> int:
     s_guidance = args.student_guidance or recipe.sample.guidance
     t_guidance = args.teacher_guidance or TEACHER_GUIDANCE
     prompts, seeds = prompt_set(args.prompts), list(range(args.seeds))
-    rewards = {name: load_reward(name) for name in ("tiny-image", "tiny-video")}
+    rewards = tiny_rewards()
     cached = {}
     if args.skip_teacher and (args.out / "table.json").is_file():
         cached = {r["label"]: r for r in json.loads((args.out / "table.json").read_text())}

@@ -290,12 +290,10 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
-        opt_state = opt.state_dict()
         for i, p in enumerate(unet.parameters()):
             if f"opt.{i}.exp_avg" in state:
                 opt.state[p] = {"step": state[f"opt.{i}.step"], "exp_avg": state[f"opt.{i}.exp_avg"],
                                 "exp_avg_sq": state[f"opt.{i}.exp_avg_sq"]}
-        del opt_state
         start, elapsed, running = meta["step"], meta["elapsed"], meta["running"]
         log(f"resumed from {ckpt} at step {start} ({elapsed:.0f}s trained)")
 
@@ -405,7 +403,7 @@ def evaluate(out: Path, seed: int, guidance: float, steps_list: list[int], repea
     for steps in steps_list:
         videos, caps, spv = generate(Variant("teacher", "teacher", steps, guidance), all_captions(),
                                      list(range(seed, seed + repeats)))
-        row = {k: v for k, v in score_videos(videos, caps, {}).items()}
+        row = score_videos(videos, caps, {})
         row["seconds_per_video"] = spv
         results[f"ddim{steps}_cfg{guidance}"] = row
         log(f"eval DDIM {steps} steps, CFG {guidance}: {row}")

@@ -37,6 +37,13 @@ def prompt_set(n: int) -> list[str]:
     return [caps[int(i * stride)] for i in range(n)]
 
 
+def tiny_rewards() -> dict:
+    """The two shipped tiny rewards, by name: the reward columns of the table."""
+    from ..rewards import load_reward
+
+    return {name: load_reward(name) for name in ("tiny-image", "tiny-video")}
+
+
 def bootstrap_ci(hits: list[bool], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of 0/1 outcomes."""
     x = torch.tensor([float(h) for h in hits])
@@ -84,14 +91,15 @@ def generate(variant: Variant, prompts: list[str], seeds: list[int], batch_size:
         load_any_student(variant.student, parts)
         merge_lora(parts.unet)
     shape = parts.native_video()
-    jobs = [(p, s) for s in seeds for p in prompts]
+    # video (prompt k, seed s) uses generator seed s * 1000 + k
+    jobs = [(p, s * 1000 + k) for s in seeds for k, p in enumerate(prompts)]
     videos, seconds = [], 0.0
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]
         t0 = time.perf_counter()
         out = sample_video(parts, [p for p, _ in chunk], steps=variant.steps, guidance=variant.guidance,
                            mode=variant.mode, frames=shape["frames"], height=shape["height"], width=shape["width"],
-                           seed=[s * 1000 + prompts.index(p) for p, s in chunk])
+                           seed=[g for _, g in chunk])
         seconds += time.perf_counter() - t0
         videos.append(out.videos)
     return torch.cat(videos), [p for p, _ in jobs], seconds / len(jobs)
@@ -100,9 +108,7 @@ def generate(variant: Variant, prompts: list[str], seeds: list[int], batch_size:
 def evaluate(variant: Variant, prompts: list[str], seeds: list[int], rewards: dict | None = None,
              batch_size: int = 48) -> tuple[dict, torch.Tensor]:
     """One table row for ``variant`` (and its videos, for pictures)."""
-    from ..rewards import load_reward
-
-    rewards = rewards or {name: load_reward(name) for name in ("tiny-image", "tiny-video")}
+    rewards = rewards or tiny_rewards()
     videos, captions, spv = generate(variant, prompts, seeds, batch_size)
     row = {"label": variant.label, "steps": variant.steps, "guidance": variant.guidance,
            **score_videos(videos, captions, rewards), "seconds_per_video": spv}
@@ -111,10 +117,9 @@ def evaluate(variant: Variant, prompts: list[str], seeds: list[int], rewards: di
 
 def ground_truth_row(prompts: list[str], seeds: list[int], rewards: dict | None = None) -> tuple[dict, torch.Tensor]:
     """The same table row for the world's own clips (an upper bound for the judge and the rewards)."""
-    from ..rewards import load_reward
     from .world import clips_for_captions
 
-    rewards = rewards or {name: load_reward(name) for name in ("tiny-image", "tiny-video")}
+    rewards = rewards or tiny_rewards()
     captions = [p for s in seeds for p in prompts]
     videos = torch.cat([clips_for_captions(prompts, seed=s) for s in seeds])
     row = {"label": "ground truth (data)", "steps": 0, "guidance": 0.0, **score_videos(videos, captions, rewards),
