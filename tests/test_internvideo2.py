@@ -113,7 +113,7 @@ def test_bad_checkpoint_and_options_fail_in_one_line(tmp_path):
 
 
 def _official_full_size_shapes() -> dict[str, tuple[int, ...]]:
-    """Key names and shapes of InternVideo2-stage2_1b-224p-f4.pt (FORMATS §6; the fixture's naming scheme)."""
+    """Key names and shapes of InternVideo2-stage2_1b-224p-f4.pt (docs/formats.md §6; the fixture's naming scheme)."""
     s: dict[str, tuple[int, ...]] = {}
     v, d, mlp, t = "vision_encoder.", 1408, 6144, 1 + 4 * 256
     s.update({v + "cls_token": (1, 1, d), v + "pos_embed": (1, t, d), v + "img_pos_embed": (1, 257, d),

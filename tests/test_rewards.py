@@ -200,7 +200,7 @@ def test_open_clip_vit_h_14_builds_on_meta():
 
     with torch.device("meta"):
         model = CLIP(**open_clip_config("ViT-H-14"))
-    assert 9.8e8 < sum(p.numel() for p in model.parameters()) < 9.9e8  # FORMATS §6: 9.86e8
+    assert 9.8e8 < sum(p.numel() for p in model.parameters()) < 9.9e8  # docs/formats.md §6: 9.86e8
 
 
 def test_gradients_reach_pixels_for_every_reward(open_clip_model, tmp_path):

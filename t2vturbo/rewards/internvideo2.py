@@ -1,7 +1,7 @@
 """InternVideo2 stage-2 (1B, 224 px) video-text reward: our implementation, loading the official keys.
 
 Official file ``InternVideo2-stage2_1b-224p-f4.pt`` (hub repo OpenGVLab/InternVideo2-Stage2_1B-224p-f4) =
-``{"module": state_dict}`` (FORMATS §6):
+``{"module": state_dict}`` (docs/formats.md §6):
 
 - ``vision_encoder.*``: ViT over a clip (Conv3d patch (1, 14, 14), width 1408, 40 blocks, 16 heads, qkv without
   bias, RMSNorm block norms and q/k norms, LayerScale), one class token, a joint space-time ``pos_embed`` saved

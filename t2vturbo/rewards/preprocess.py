@@ -1,4 +1,4 @@
-"""Differentiable image preprocessing shared by the reward models (FORMATS §6).
+"""Differentiable image preprocessing shared by the reward models (docs/formats.md §6).
 
 Every function takes and returns a float tensor (N, 3, H, W); gradients flow back to the pixels. Resizes are
 bicubic with antialiasing, exactly what ``torchvision.transforms.functional.resize`` does on tensors.
