@@ -248,16 +248,21 @@ def _update_stats(out: Path, stats: dict) -> None:
 def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: float, snr_gamma: float,
                stop_after: int | None = None, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
                eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
-               extend_lr: float | None = None) -> None:
+               extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800) -> None:
     """DDPM epsilon training of the UNet. Every random draw of step ``i`` comes from (seed, i), so a run stopped
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
     ``extend`` more steps after the ``steps`` of the first cosine schedule run a second one (warm restart to
-    ``extend_lr``): how a finished teacher is trained further without changing what its first phase did."""
+    ``extend_lr``): how a finished teacher is trained further without changing what its first phase did.
+
+    ``high_frac`` of the samples draw their timestep from [``high_from``, 1000) instead of the whole range. The
+    layout of a video (where the object starts, which way it goes) is decided in the first, noisiest sampling
+    steps, and only there must it come from the caption: at lower noise it can be read from the noisy input."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from safetensors.torch import load_file, save_file
 
-    from t2vturbo.models import DEFAULTS_FILE, encode_pixels, encode_prompts, scaled_linear_alphas_cumprod
+    from t2vturbo.schedules import scaled_linear_alphas_cumprod
+    from t2vturbo.teachers import DEFAULTS_FILE, encode_pixels, encode_prompts
 
     parts = tiny.build_tiny_teacher(seed)  # random frozen text encoder + tokenizer
     parts.vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
@@ -286,7 +291,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     if ckpt is not None and ckpt.is_file():
         state = load_file(ckpt)
         meta = json.loads(ckpt.with_suffix(".json").read_text())
-        if meta["steps"] != steps or meta["batch"] != batch or meta["lr"] != lr or meta["seed"] != seed:
+        if (meta["steps"] != steps or meta["batch"] != batch or meta["lr"] != lr or meta["seed"] != seed
+                or meta.get("high_frac", 0.0) != high_frac or meta.get("high_from", 800) != high_from):
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
@@ -310,6 +316,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         save_file(tensors, tmp)
         meta = {"step": step, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "running": running,
+                "high_frac": high_frac, "high_from": high_from,
                 "elapsed": elapsed + time.time() - t0}
         ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
         tmp.replace(ckpt)
@@ -332,6 +339,9 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         cond = table[ids]
         # 2. forward diffusion at uniform timesteps
         t = torch.randint(0, len(alphas), (batch,), generator=gen)
+        if high_frac > 0:
+            high = torch.randint(high_from, len(alphas), (batch,), generator=gen)
+            t = torch.where(torch.rand(batch, generator=gen) < high_frac, high, t)
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -360,7 +370,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     # shipped in float16 (half the size; t2vturbo loads it as float32, and the evaluation uses these weights)
     copy.deepcopy(ema).half().save_pretrained(out / "unet", safe_serialization=True)
     _update_stats(out, {"unet_steps": steps, "unet_extend_steps": extend, "unet_extend_lr": extend_lr,
-                        "unet_trained_steps": end, "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
+                        "unet_trained_steps": end, "unet_high_noise_frac": high_frac,
+                        "unet_high_noise_from": high_from, "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
                         "unet_seconds": round(elapsed + time.time() - t0, 1), "unet_final_loss_avg": running,
                         "unet_params": sum(p.numel() for p in unet.parameters()),
                         "text_encoder": f"random frozen, build_tiny_teacher({seed})"})
@@ -370,8 +381,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
 @torch.no_grad()
 def quick_eval(out: Path, unet, step: int, steps: int, guidance: float) -> None:
     """DDIM + CFG on the 48 captions with the current EMA weights (a progress check, not the shipped figure)."""
-    from t2vturbo.models import load_diffusers_teacher
     from t2vturbo.sampling import sample_video
+    from t2vturbo.teachers import load_diffusers_teacher
 
     parts = load_diffusers_teacher(str(out))
     parts.unet = unet
@@ -439,6 +450,9 @@ def main() -> None:
     ap.add_argument("--checkpoint-dir", type=Path, default=Path("runs/tiny-teacher-train"),
                     help="where the UNet stage keeps its resumable checkpoint (rerun the same command to resume)")
     ap.add_argument("--eval-every", type=int, default=0, help="quick DDIM-25 judge check every N UNet steps")
+    ap.add_argument("--high-noise-frac", type=float, default=0.0,
+                    help="fraction of samples whose timestep is drawn from [--high-noise-from, 1000)")
+    ap.add_argument("--high-noise-from", type=int, default=800)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -453,7 +467,8 @@ def main() -> None:
     if args.stage in ("unet", "all"):
         train_unet(args.out, args.seed, args.unet_steps, args.unet_batch, args.unet_lr, args.caption_dropout,
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
-                   guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr)
+                   guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
+                   high_frac=args.high_noise_frac, high_from=args.high_noise_from)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 

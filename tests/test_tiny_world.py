@@ -53,6 +53,20 @@ def test_object_stays_inside_the_frame_and_moves_its_way():
     assert bool((diff.flatten(2).amax(-1) > 0.3).all()), "every frame shows the object"
 
 
+def test_prompt_set_is_balanced_and_distinct():
+    from collections import Counter
+
+    from t2vturbo.tiny.evaluate import prompt_set
+
+    for n in (12, 24):
+        caps = prompt_set(n)
+        assert len(set(caps)) == n
+        for k, options in ((1, tiny.COLOURS), (2, tiny.SHAPES), (4, tiny.DIRECTIONS)):
+            counts = Counter(c.split()[k] for c in caps)
+            assert set(counts) == set(options) and len(set(counts.values())) == 1, (n, counts)
+    assert prompt_set(48) == all_captions()
+
+
 def test_judge_reads_ground_truth_clips():
     clips, caps = random_clips(96, seed=5)
     result = judge(clips, caps)
@@ -111,7 +125,7 @@ def test_shipped_teacher_loads_with_the_declared_architecture():
 
 
 def test_shipped_teacher_vae_reconstructs_world_frames():
-    from t2vturbo.models import decode_latents, encode_pixels
+    from t2vturbo.teachers import decode_latents, encode_pixels
 
     parts = tiny.load_tiny_teacher()
     clips, _ = random_clips(2, seed=21)

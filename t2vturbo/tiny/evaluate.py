@@ -29,12 +29,17 @@ class Variant:
 
 
 def prompt_set(n: int) -> list[str]:
-    """``n`` captions spread evenly over the 48 of the world (every colour, shape and direction appears)."""
+    """``n`` captions balanced over the world: colour and shape cycle together (every pair once per 12), the
+    direction changes every 3 captions and shifts by one each round of 12, so 12 captions hold each colour 3
+    times, each shape 4 times and each direction 3 times, and no caption repeats."""
+    from .teacher import COLOURS, DIRECTIONS, SHAPES
+    from .world import caption
+
     caps = all_captions()
     if n >= len(caps):
         return caps
-    stride = len(caps) / n
-    return [caps[int(i * stride)] for i in range(n)]
+    return [caption(COLOURS[i % len(COLOURS)], SHAPES[i % len(SHAPES)], DIRECTIONS[(i // 3 + i // 12) % len(DIRECTIONS)])
+            for i in range(n)]
 
 
 def tiny_rewards() -> dict:
@@ -80,13 +85,13 @@ def _split(items: list, n: int) -> list[list]:
 @torch.no_grad()
 def generate(variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 48) -> tuple[torch.Tensor, list[str], float]:
     """Sample every prompt with every seed: (videos, captions, seconds per video)."""
-    from ..models import load_teacher
-    from ..official_lora import load_any_student
+    from ..formats import load_any_student
     from ..sampling import sample_video
+    from ..teachers import load_teacher
 
     parts = load_teacher(variant.teacher)
     if variant.student:
-        from ..export import merge_lora
+        from ..student import merge_lora
 
         load_any_student(variant.student, parts)
         merge_lora(parts.unet)
