@@ -1,7 +1,7 @@
 """Peak memory and seconds per distillation step: t2vturbo's Distiller against the reference implementation's layout.
 
 Both variants train the same student (peft LoRA + guidance projection) of the same mid-size ModelScope-architecture
-model (random weights, fixed seed; bench/midsize.py) on the same random clips, with the same maths (FORMATS §1):
+model (random weights, fixed seed; bench/midsize.py) on the same random clips, with the same maths (docs/method.md):
 
 - ours: ``t2vturbo.distill.Distiller.training_step`` + backward + AdamW step. ONE UNet serves as teacher (adapters
   off), target and student; the teacher's cond + uncond pass is one batched forward, teacher and target run under
@@ -112,13 +112,13 @@ def run_reference(args, sync) -> dict:
         boundary_scalings,
         consistency_loss,
         ddim_step,
-        ddim_timesteps,
         guidance_embedding,
         lcm_guidance,
         predict_x0,
     )
-    from t2vturbo.models import call_unet, encode_pixels, encode_prompts
+    from t2vturbo.schedules import solver_grid
     from t2vturbo.student import LoraSettings, make_student
+    from t2vturbo.teachers import call_unet, encode_pixels, encode_prompts
 
     recipe = make_recipe(args)
     r, dist = recipe, recipe.distill
@@ -139,7 +139,7 @@ def run_reference(args, sync) -> dict:
     optimizer = torch.optim.AdamW(params, lr=r.train.learning_rate, weight_decay=r.train.weight_decay,
                                   eps=r.train.adam_eps)
     alphas = parts.alphas_cumprod.to(device, torch.float32)
-    solver_t = ddim_timesteps(dist.num_train_timesteps, dist.num_ddim_timesteps).to(device)
+    solver_t = solver_grid(dist.num_train_timesteps, dist.num_ddim_timesteps).to(device)
     uncond_1 = encode_prompts(parts, [""])
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     after_setup = current_rss_mb()

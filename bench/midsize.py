@@ -47,7 +47,8 @@ def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2):
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from t2vturbo.models import TeacherParts, scaled_linear_alphas_cumprod
+    from t2vturbo.schedules import scaled_linear_alphas_cumprod
+    from t2vturbo.teachers import TeacherParts
     from t2vturbo.tiny.teacher import load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer()

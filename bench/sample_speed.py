@@ -82,9 +82,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from t2vturbo.export import merge_lora
     from t2vturbo.sampling import sample_video
-    from t2vturbo.student import LoraSettings, make_student, teacher_mode
+    from t2vturbo.student import LoraSettings, make_student, merge_lora, teacher_mode
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -39,7 +39,7 @@ def convert(
     quiet_libraries()
     import torch
 
-    from t2vturbo.vc2 import UNET_PREFIX, convert_vc2_state, read_vc2_state, save_converted
+    from t2vturbo.convert import UNET_PREFIX, convert_vc2_state, read_vc2_state, save_converted
 
     console.print(f"reading {checkpoint} ...", highlight=False)
     state = read_vc2_state(checkpoint)

@@ -6,15 +6,10 @@ from pathlib import Path
 
 import typer
 
+from t2vturbo.names import slugify
+
 from .common import console, parse_device, quiet_libraries, user_errors
 from .main import app
-
-
-def slugify(text: str, limit: int = 60) -> str:
-    slug = "".join(c if c.isalnum() else "-" for c in text.lower())
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    return slug.strip("-")[:limit] or "video"
 
 
 def output_paths(prompts: list[str], out: Path | None) -> list[Path]:
@@ -50,72 +45,13 @@ def sample(
 ) -> None:
     """Generate videos with a distilled student (4 steps) or the teacher (DDIM + CFG)."""
     quiet_libraries()
-    import torch
+    from t2vturbo.generate import generate_videos
 
-    from t2vturbo.errors import ConfigError
-    from t2vturbo.models import load_teacher
-    from t2vturbo.sampling import FALLBACK_STUDENT_STEPS, sample_video, sampling_defaults
-    from t2vturbo.video import write_video
-
-    if steps is not None and steps < 1:
-        raise ConfigError("--steps must be at least 1")
-    if teacher and student is not None:
-        raise ConfigError("--teacher samples the base model; leave out --student (or --teacher)")
-    dev = parse_device(device)
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype == "auto":
-        dt = torch.float16 if dev.startswith("cuda") else torch.float32
-    elif dtype in dtypes:
-        dt = dtypes[dtype]
-    else:
-        raise ConfigError(f"--dtype {dtype!r}: use float32, float16, bfloat16 or auto")
-    student_meta = {}
-    if student is not None:
-        from t2vturbo.export import recorded_student_meta
-
-        student_meta = recorded_student_meta(student)  # read once: base model, recipe shape, guidance, steps
-    if model is None:
-        from t2vturbo.export import base_model_of
-
-        model = base_model_of(student_meta) or "tiny"
-    parts = load_teacher(model, device=dev, dtype=dt)
-    if student is not None:
-        from t2vturbo.export import merge_lora
-        from t2vturbo.official_lora import load_any_student
-
-        load_any_student(student, parts)
-        merge_lora(parts.unet)  # an unmerged adapter costs ~50% more per UNet call
-        parts.unet.to(device=dev, dtype=dt)
-    mode = "teacher" if teacher or student is None and not _has_student(parts.unet) else "student"
-    timesteps = None
-    if not teacher and student is None:
-        from t2vturbo.export import pipeline_timesteps
-
-        # An exported student (guidance folded in, LCMScheduler config): sample it as diffusers would.
-        timesteps = pipeline_timesteps(model, steps or FALLBACK_STUDENT_STEPS)
-        if timesteps is not None:
-            mode = "student"
-            console.print(f"{model} is an exported student: guidance is folded in at export; --guidance is ignored",
-                          highlight=False)
-    defaults = sampling_defaults(parts, student_meta, mode)
-    steps = defaults["steps"] if steps is None else steps
-    guidance = defaults["guidance"] if guidance is None else guidance
-    frames = defaults["frames"] if frames is None else frames
-    height = defaults["height"] if height is None else height
-    width = defaults["width"] if width is None else width
-    fps = defaults["fps"] if fps is None else fps
-    paths = output_paths(list(prompts), out)
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts)[start : start + batch_size]
-        result = sample_video(parts, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
-                              width=width, seed=seed + start, fps=fps if parts.default_fps is not None else None,
-                              decode_chunk=decode_chunk, timesteps=timesteps)
-        per_video = result.seconds["total"] / len(chunk)
-        for i, video in enumerate(result.videos):
-            path = write_video(video, paths[start + i], fps=fps)
-            console.print(f"wrote {path}  ({mode}, {steps} steps, {per_video:.2f} s/video)", highlight=False)
-
-
-def _has_student(unet) -> bool:
-    te = getattr(unet, "time_embedding", None)
-    return te is not None and getattr(te, "cond_proj", None) is not None
+    generate_videos(
+        list(prompts), output_paths(list(prompts), out), model=model, student=student, teacher=teacher, steps=steps,
+        guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=seed, batch_size=batch_size,
+        device=parse_device(device), dtype=dtype, decode_chunk=decode_chunk,
+        notice=lambda msg: console.print(msg, highlight=False),
+        on_video=lambda w: console.print(f"wrote {w.path}  ({w.mode}, {w.steps} steps, {w.seconds:.2f} s/video)",
+                                         highlight=False),
+    )

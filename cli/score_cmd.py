@@ -6,15 +6,12 @@ was scored; 2 usage or user error (no videos, unknown reward, missing weights, b
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from .common import console, parse_device, quiet_libraries, user_errors
 from .main import app
-
-_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @app.command()
@@ -46,8 +43,9 @@ def score(
         from t2vturbo.rewards import available_rewards
 
         raise ConfigError(f"name at least one reward with --reward NAME; available: {', '.join(available_rewards())}")
-    if dtype not in _DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype}")
+    from t2vturbo.names import torch_dtype
+
+    torch_dtype(dtype, "--dtype")
     checkpoints = {}
     for item in reward_checkpoint or []:
         name, sep, path = item.partition("=")
@@ -61,19 +59,7 @@ def score(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from t2vturbo.score import merge_reports, score_videos
-
-    # Under torchrun / accelerate launch every process scores its share of the videos; rank 0 merges and reports.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    shard = (rank, world) if world > 1 else None
-    run_device = parse_device(device)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")
-        if run_device.startswith("cuda") and ":" not in run_device:
-            run_device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    from t2vturbo.score import score_across_processes
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -84,26 +70,19 @@ def score(
         def on_progress(done: int, total: int, name: str) -> None:
             progress.update(task, completed=done, total=total, description=f"scoring ({name})")
 
-        report = score_videos(
+        report = score_across_processes(
             paths,
             reward,
             prompts_file=prompts,
             batch_size=batch_size,
-            device=run_device,
+            device=parse_device(device),
             dtype=getattr(torch, dtype),
             checkpoints=checkpoints,
             max_frames=max_frames,
             on_progress=on_progress,
-            shard=shard,
         )
-
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, report)
-        dist.destroy_process_group()
-        if rank != 0:
-            raise typer.Exit(0 if all(r.ok for r in gathered) else 1)
-        report = merge_reports(gathered)
+    if report is None:  # another process of a torchrun launch: rank 0 reports
+        raise typer.Exit(0)
 
     _print_table(report)
     for failure in report.failures:

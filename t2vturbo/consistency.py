@@ -1,4 +1,4 @@
-"""The consistency-distillation maths (T2V-Turbo, arXiv 2405.18750 §3; FORMATS §1), written once.
+"""The consistency-distillation maths (T2V-Turbo, arXiv 2405.18750 §3; docs/method.md), written once.
 
 Training (:mod:`t2vturbo.distill`) and sampling (:mod:`t2vturbo.sampling`) both call these functions.
 """
@@ -26,12 +26,6 @@ def guidance_embedding(w: torch.Tensor, dim: int = 256, dtype: torch.dtype = tor
     if dim % 2 == 1:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb.to(dtype)
-
-
-def ddim_timesteps(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> torch.Tensor:
-    """The solver grid ``(1..N) * (T // N) - 1``, e.g. [19, 39, ..., 999] for N = 50."""
-    c = num_train_timesteps // num_ddim_timesteps
-    return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.long) * c - 1
 
 
 def boundary_scalings(t: torch.Tensor, sigma_data: float = SIGMA_DATA,
@@ -72,7 +66,8 @@ def consistency_output(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> 
 
 
 def lcm_guidance(cond: torch.Tensor, uncond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """CFG in the LCM form used by T2V-Turbo: cond + w (cond - uncond) (applied to both x0 and eps)."""
+    """Classifier-free guidance in the LCM form used by T2V-Turbo: cond + w (cond - uncond), applied to both x0
+    and eps. The usual form uncond + g (cond - uncond) is this with w = g - 1 (docs/method.md §4)."""
     return cond + _bcast(w, cond) * (cond - uncond)
 
 
@@ -84,14 +79,3 @@ def consistency_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "hube
     if kind == "l2":
         return (d**2).mean()
     raise ValueError(f"unknown loss kind {kind!r}; use 'huber' or 'l2'")
-
-
-def sampling_timesteps(num_steps: int, num_train_timesteps: int = 1000, origin_steps: int = 50) -> list[int]:
-    """Multistep consistency sampling timesteps as the reference picks them: 4 of 50 -> [999, 759, 519, 279]."""
-    if num_steps < 1:
-        raise ValueError("num_steps must be >= 1")
-    origin_steps = max(origin_steps, num_steps)
-    c = num_train_timesteps // origin_steps
-    grid = (torch.arange(1, origin_steps + 1) * c - 1).tolist()[::-1]
-    stride = origin_steps // num_steps
-    return grid[::stride][:num_steps]

@@ -77,7 +77,7 @@ def fit_clip(video: torch.Tensor, frames: int, height: int, width: int) -> torch
     return v[..., top : top + height, left : left + width].clamp(0, 1)
 
 
-def _mix(*xs: int) -> int:
+def mix_seed(*xs: int) -> int:
     """A 63-bit seed from a few integers (splitmix-style, stable across runs and platforms)."""
     h = 0x9E3779B97F4A7C15
     for x in xs:
@@ -109,7 +109,7 @@ class FolderStream:
     def _clip_at(self, k: int) -> Clip:
         n = len(self.clips)
         epoch, i = divmod(k * self.world + self.rank, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
         return self.clips[int(perm[i])]
 
     def next_batch(self) -> tuple[torch.Tensor, list[str]]:
@@ -155,7 +155,7 @@ class TinyWorldStream:
         self.skipped: list[str] = []
 
     def next_batch(self) -> tuple[torch.Tensor, list[str]]:
-        clips, caps = self.world_mod.random_clips(self.batch_size, seed=_mix(self.seed, self.position, self.rank))
+        clips, caps = self.world_mod.random_clips(self.batch_size, seed=mix_seed(self.seed, self.position, self.rank))
         self.position += 1
         return clips, list(caps)
 

@@ -1,4 +1,4 @@
-"""The T2V-Turbo recipe: consistency distillation + mixed reward feedback (paper Algorithm 1, FORMATS §1).
+"""The T2V-Turbo recipe: consistency distillation + mixed reward feedback (paper Algorithm 1, docs/method.md).
 
 ``Distiller(recipe, output_dir).run()`` does setup -> train -> save. Everything runs the same on one CPU,
 one GPU or several processes (``accelerate launch`` / ``torchrun``): accelerate wraps the student for DDP,
@@ -23,19 +23,19 @@ import torch
 from .config import Recipe, dump_recipe
 from .consistency import (
     add_noise,
-    boundary_scalings,
     consistency_loss,
+    consistency_output,
     ddim_step,
-    ddim_timesteps,
     guidance_embedding,
     lcm_guidance,
     predict_x0,
 )
-from .data import _mix, make_stream
+from .data import make_stream, mix_seed
 from .errors import CheckpointError, ConfigError, TrainingError
-from .models import TeacherParts, call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
+from .names import slugify, torch_dtype
 from .rewards import RewardModel, load_reward, strided_frame_indices
 from .safeio import atomic_path
+from .schedules import VPSchedule, solver_grid
 from .student import (
     LoraSettings,
     dropout_off,
@@ -46,6 +46,7 @@ from .student import (
     student_state_dict,
     trainable_parameters,
 )
+from .teachers import TeacherParts, call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
 from .train_state import (
     checkpoint_dir,
     list_checkpoints,
@@ -55,12 +56,6 @@ from .train_state import (
     save_checkpoint,
     set_rng_state,
 )
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
 
 def describe_plan(recipe: Recipe) -> list[str]:
@@ -128,7 +123,7 @@ class Distiller:
         self.acc.wait_for_everyone()
 
         # 1. Teacher parts; the student is the same UNet with an adapter (no second copy).
-        parts = load_teacher(r.model.teacher, device=self.device, dtype=DTYPES[r.model.dtype])
+        parts = load_teacher(r.model.teacher, device=self.device, dtype=torch_dtype(r.model.dtype, "model.dtype"))
         self.parts: TeacherParts = parts
         lora = LoraSettings(rank=r.lora.rank, alpha=r.lora.alpha, dropout=r.lora.dropout,
                             target_modules=r.lora.target_modules)
@@ -176,7 +171,7 @@ class Distiller:
 
         # 5. Schedule, unconditional embedding, data.
         self.alphas = parts.alphas_cumprod.to(self.device, torch.float32)
-        self.solver_t = ddim_timesteps(r.distill.num_train_timesteps, r.distill.num_ddim_timesteps).to(self.device)
+        self.solver_t = solver_grid(r.distill.num_train_timesteps, r.distill.num_ddim_timesteps).to(self.device)
         self.uncond = encode_prompts(parts, [""])
         self.fps = torch.tensor([r.video.fps], device=self.device) if parts.default_fps is not None else None
         self.stream = make_stream(r, self.rank, self.world, log=self.log)
@@ -236,7 +231,7 @@ class Distiller:
     # ------------------------------------------------------------------ one step
     def _seed_step(self) -> torch.Generator:
         """Every random draw of a step comes from (seed, step, rank): a resumed run replays it exactly."""
-        s = _mix(self.recipe.train.seed, self.step, self.rank)
+        s = mix_seed(self.recipe.train.seed, self.step, self.rank)
         torch.manual_seed(s)  # LoRA dropout uses the global generator
         random.seed(s)
         return torch.Generator().manual_seed(s)
@@ -269,9 +264,7 @@ class Distiller:
         # 5. Student's single-step prediction (with grad) at t_start.
         with self.acc.autocast():
             eps_s = call_unet(self.ddp_unet, x_t, t_start, cond, timestep_cond=w_emb, fps=fps).float()
-        c_skip_s, c_out_s = boundary_scalings(t_start)
-        x0_s = predict_x0(eps_s, x_t.float(), self.alphas[t_start])
-        pred = _bcast(c_skip_s, x_t) * x_t.float() + _bcast(c_out_s, x_t) * x0_s
+        pred = consistency_output(x_t.float(), predict_x0(eps_s, x_t.float(), self.alphas[t_start]), t_start)
         loss_cd = consistency_loss(pred, target, d.loss, d.huber_c)
 
         # 6. Mixed reward feedback on the decoded single-step prediction (no sampling chain: bounded memory).
@@ -308,9 +301,7 @@ class Distiller:
             # 4. Target: the consistency function at (x_prev, t_end) from the online student (or its EMA).
             with self._ema_weights(), self.acc.autocast():
                 eps_tgt = call_unet(unet, x_prev, t_end, cond, timestep_cond=w_emb, fps=fps).float()
-            c_skip_e, c_out_e = boundary_scalings(t_end)
-            target = _bcast(c_skip_e, x_prev) * x_prev.float() + \
-                _bcast(c_out_e, x_prev) * predict_x0(eps_tgt, x_prev.float(), self.alphas[t_end])
+            target = consistency_output(x_prev.float(), predict_x0(eps_tgt, x_prev.float(), self.alphas[t_end]), t_end)
         return x_prev, target
 
     def _reward_terms(self, pred: torch.Tensor, captions: list[str], gen: torch.Generator):
@@ -478,8 +469,8 @@ class Distiller:
         return {
             "base_model": r.model.teacher,
             "guidance_embed_dim": r.distill.guidance_embed_dim,
-            "schedule": {"num_train_timesteps": r.distill.num_train_timesteps, "beta_schedule": "scaled_linear",
-                         "beta_start": 0.00085, "beta_end": 0.012, "origin_steps": r.distill.num_ddim_timesteps},
+            "schedule": {**VPSchedule.standard().describe(), "num_train_timesteps": r.distill.num_train_timesteps,
+                         "origin_steps": r.distill.num_ddim_timesteps},
             "default_steps": r.sample.steps,
             "default_guidance": r.sample.guidance,
             "video": asdict(r.video),
@@ -509,7 +500,7 @@ class Distiller:
         self.unet.train()
         written = []
         for i, (prompt, video) in enumerate(zip(r.sample.prompts, out.videos, strict=False)):
-            slug = "".join(c if c.isalnum() else "_" for c in prompt.lower()).strip("_")[:60]
+            slug = slugify(prompt, sep="_")
             path = self.out / "samples" / f"{i:02d}_{slug}.mp4"
             write_video(video, path, fps=r.video.fps)
             written.append(path)

@@ -23,39 +23,17 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .names import torch_dtype
 from .safeio import atomic_path
-from .student import ADAPTER, GUIDANCE_KEY
+from .schedules import VPSchedule
+from .student import ADAPTER, GUIDANCE_KEY, lora_layers, merge_lora
 
 FORMATS = ("diffusers", "lora")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 GUIDANCE_MODULE = "time_embedding.cond_proj"
 EXPORT_META = "t2vturbo.json"
 
 
 # --------------------------------------------------------------------------------------------- UNet surgery
-def _lora_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [(n, m) for n, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
-
-
-def merge_lora(unet: nn.Module) -> nn.Module:
-    """Merge the student's LoRA into the base weights (peft ``merge``) and drop the adapter modules, in place."""
-    layers = _lora_layers(unet)
-    if not layers:
-        raise CheckpointError("this UNet has no LoRA adapter to merge")
-    with torch.no_grad():
-        for name, layer in layers:
-            layer.merge(adapter_names=[ADAPTER])
-            parent_name, _, child = name.rpartition(".")
-            parent = unet.get_submodule(parent_name) if parent_name else unet
-            setattr(parent, child, layer.get_base_layer())
-    for attr in ("peft_config", "_t2vturbo_lora"):
-        if attr in unet.__dict__:
-            delattr(unet, attr)
-    return unet
-
-
 def fold_guidance(unet: nn.Module, guidance: float) -> nn.Module:
     """Fold a fixed guidance scale into ``time_embedding.linear_1.bias`` and remove the guidance projection.
 
@@ -106,14 +84,9 @@ def fold_fps(unet: nn.Module, fps: int | None = None) -> nn.Module:
 # --------------------------------------------------------------------------------------------- writers
 def lcm_scheduler_config(base_spec: str, origin_steps: int) -> dict[str, Any]:
     """An LCMScheduler config with the base model's noise schedule (diffusers folder) or the standard one."""
-    cfg = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
     sched = Path(base_spec) / "scheduler" / "scheduler_config.json" if base_spec != "tiny" else None
-    if sched is not None and sched.is_file():
-        base = json.loads(sched.read_text())
-        cfg.update({k: base[k] for k in (*cfg, "trained_betas") if base.get(k) is not None})
-    cfg.update(original_inference_steps=int(origin_steps), prediction_type="epsilon", timestep_scaling=10.0,
-               clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
-    return cfg
+    base = json.loads(sched.read_text()) if sched is not None and sched.is_file() else None
+    return VPSchedule.standard().lcm_scheduler_config(origin_steps, base)
 
 
 def write_diffusers_pipeline(parts: Any, folder: Path, guidance: float, origin_steps: int, base_spec: str,
@@ -150,7 +123,7 @@ def write_lora_adapter(unet: nn.Module, folder: Path, base_spec: str | None) -> 
 
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
-    for name, layer in _lora_layers(unet):
+    for name, layer in lora_layers(unet):
         a = layer.lora_A[ADAPTER].weight
         b = layer.lora_B[ADAPTER].weight * layer.scaling[ADAPTER]
         state[f"base_model.model.{name}.lora_A.weight"] = a
@@ -200,32 +173,6 @@ def pipeline_timesteps(model_spec: str | Path, steps: int) -> list[int] | None:
 
 
 # --------------------------------------------------------------------------------------------- entry point
-def recorded_student_meta(student_path: str | Path) -> dict:
-    """What a student records about itself (our student.json, or a peft adapter config); {} if nothing."""
-    from .official_lora import PEFT_CONFIG, detect_student_format
-    from .student import STUDENT_META
-
-    path = Path(student_path)
-    kind = detect_student_format(path)
-    if kind == "t2vturbo":
-        meta = path / STUDENT_META if path.is_dir() else path.with_suffix(".json")
-    elif kind == "peft":
-        meta = (path if path.is_dir() else path.parent) / PEFT_CONFIG
-    else:
-        return {}
-    return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
-def base_model_of(meta: dict) -> str | None:
-    """The base model in what a student records: student.json ``base_model`` or a peft config's base model."""
-    return meta.get("base_model") or meta.get("base_model_name_or_path")
-
-
-def recorded_base_model(student_path: str | Path) -> str | None:
-    """The base model a student records (see :func:`base_model_of`)."""
-    return base_model_of(recorded_student_meta(student_path))
-
-
 def export_student(
     student_path: str | Path,
     base_model_spec: str | None = None,
@@ -253,13 +200,12 @@ def export_student(
     Returns:
         ``out_dir``.
     """
-    from .models import load_teacher
-    from .official_lora import load_any_student
+    from .formats import detect_student_format, load_any_student, recorded_base_model, recorded_student_meta
+    from .teachers import load_teacher
 
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    torch_dtype(dtype, "--dtype")  # fail before any work
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
@@ -268,7 +214,7 @@ def export_student(
         raise ConfigError(f"{student_path} does not record its base model; pass it with --model")
     parts = load_teacher(base)
     load_any_student(student_path, parts)
-    meta = _student_meta(student_path)
+    meta = recorded_student_meta(student_path) if detect_student_format(student_path) == "t2vturbo" else {}
     origin = int((meta.get("schedule") or {}).get("num_ddim_timesteps")
                  or (meta.get("schedule") or {}).get("origin_steps") or 50)
     info = {"format": f"t2vturbo-export-{format}", "source": str(student_path), "base_model": base,
@@ -280,19 +226,7 @@ def export_student(
                         default_guidance=meta.get("default_guidance", 7.5), fps=meta.get("fps"))
         else:
             folded_fps = fps if fps is not None else parts.default_fps
-            write_diffusers_pipeline(parts, tmp, guidance, origin, base, DTYPES[dtype], fps)
+            write_diffusers_pipeline(parts, tmp, guidance, origin, base, torch_dtype(dtype), fps)
             info.update(guidance_folded=float(guidance), fps_folded=folded_fps, run_with={"guidance_scale": 1.0})
         (tmp / EXPORT_META).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return out
-
-
-def _student_meta(student_path: str | Path) -> dict[str, Any]:
-    """student.json of our own students (schedule, defaults); {} for other formats."""
-    from .official_lora import detect_student_format
-    from .student import STUDENT_META
-
-    path = Path(student_path)
-    if detect_student_format(path) != "t2vturbo":
-        return {}
-    meta = path / STUDENT_META if path.is_dir() else path.with_suffix(".json")
-    return json.loads(meta.read_text()) if meta.is_file() else {}

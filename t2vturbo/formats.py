@@ -1,4 +1,6 @@
-"""Students in any format: ours, a peft LoRA file, or the official T2V-Turbo ``unet_lora.pt`` list (FORMATS §5).
+"""Every student format in one place (docs/formats.md §3): detect, read and load ours, a peft LoRA, or the official
+T2V-Turbo ``unet_lora.pt`` list, and what a student records about itself (its base model, recipe, defaults).
+Writing: our format is :func:`t2vturbo.student.save_student`; peft's is :func:`t2vturbo.export.write_lora_adapter`.
 
 The official release is a ``torch.save`` of a plain Python list ``[up0, down0, up1, down1, ...]``, no names:
 one pair per module whose exact class is nn.Linear / nn.Conv2d / nn.Conv3d, in ``named_modules()`` order of
@@ -40,6 +42,7 @@ from .student import (
     add_guidance_projection,
     lora_target_names,
     make_student,
+    student_meta_path,
 )
 
 #: seed of the re-created guidance projection of official students (arXiv 2405.18750)
@@ -272,7 +275,7 @@ def detect_student_format(path: str | Path) -> str:
                 keys, metadata = list(fh.keys()), fh.metadata() or {}
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for broken files
             raise CheckpointError(f"cannot read {path} ({err}); write it again") from None
-        side = path.with_suffix(".json")
+        side = student_meta_path(path)
         side_format = json.loads(side.read_text()).get("format") if side.is_file() else None
         if metadata.get("format") == FORMAT_NAME or side_format == FORMAT_NAME:
             return "t2vturbo"
@@ -290,9 +293,9 @@ def detect_student_format(path: str | Path) -> str:
 
 
 def _default_module_names(unet: nn.Module) -> list[str]:
-    """The release order for this UNet: VideoCrafter2's (fps-conditioned, :mod:`t2vturbo.vc2`) or ModelScope's."""
+    """The release order for this UNet: VideoCrafter2's (fps-conditioned, :mod:`t2vturbo.convert`) or ModelScope's."""
     if getattr(unet, "fps_embedding", None) is not None:
-        from .vc2 import layout_of, vc2_lora_module_names
+        from .convert import layout_of, vc2_lora_module_names
 
         return vc2_lora_module_names(layout_of(unet))
     return ms_official_module_names(unet)
@@ -303,7 +306,7 @@ def load_any_student(path: str | Path, parts: Any, module_names: Sequence[str] |
 
     Args:
         path: our student folder / .safetensors, a peft LoRA folder or file, or an official ``unet_lora.pt``.
-        parts: the teacher parts (:class:`t2vturbo.models.TeacherParts`) the student was distilled from.
+        parts: the teacher parts (:class:`t2vturbo.teachers.TeacherParts`) the student was distilled from.
         module_names: official list files only: the module of each pair (default: the model's release order).
 
     Returns:
@@ -326,3 +329,27 @@ def load_any_student(path: str | Path, parts: Any, module_names: Sequence[str] |
         load_official_lora(file, unet, names)
     unet._t2vturbo_source = {"path": str(path), "format": kind}
     return unet.eval()
+
+
+# --------------------------------------------------------------------------------------------- what a student records
+def recorded_student_meta(student_path: str | Path) -> dict:
+    """What a student records about itself (our student.json, or a peft adapter config); {} if nothing."""
+    path = Path(student_path)
+    kind = detect_student_format(path)
+    if kind == "t2vturbo":
+        meta = student_meta_path(path)
+    elif kind == "peft":
+        meta = (path if path.is_dir() else path.parent) / PEFT_CONFIG
+    else:
+        return {}
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def base_model_of(meta: dict) -> str | None:
+    """The base model in what a student records: student.json ``base_model`` or a peft config's base model."""
+    return meta.get("base_model") or meta.get("base_model_name_or_path")
+
+
+def recorded_base_model(student_path: str | Path) -> str | None:
+    """The base model a student records (see :func:`base_model_of`)."""
+    return base_model_of(recorded_student_meta(student_path))

@@ -19,10 +19,12 @@ from .consistency import (
     consistency_output,
     ddim_step,
     guidance_embedding,
+    lcm_guidance,
     predict_x0,
-    sampling_timesteps,
 )
-from .models import TeacherParts, call_unet, decode_latents, encode_prompts
+from .errors import ConfigError
+from .schedules import consistency_timesteps, ddim_timesteps
+from .teachers import TeacherParts, call_unet, decode_latents, encode_prompts
 
 
 @dataclass
@@ -38,7 +40,8 @@ class SampleOutput:
 def latent_shape(parts: TeacherParts, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     if height % factor or width % factor:
-        raise ValueError(f"height and width must be multiples of {factor} for this VAE (got {height}x{width})")
+        raise ConfigError(f"--height and --width must be multiples of {factor} for this model's VAE "
+                          f"(got {height}x{width}); pick e.g. {height // factor * factor or factor}x{width // factor * factor or factor}")
     return (parts.unet.config.in_channels, frames, height // factor, width // factor)
 
 
@@ -51,7 +54,7 @@ def make_generators(n: int, seed: int | Sequence[int] | None) -> list[torch.Gene
     else:
         seeds = list(seed)
         if len(seeds) != n:
-            raise ValueError(f"got {len(seeds)} seeds for {n} videos")
+            raise ConfigError(f"got {len(seeds)} seeds for {n} videos; pass one seed per prompt or a single seed")
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
@@ -124,12 +127,6 @@ def ddim_cfg_sample(
     return x
 
 
-def teacher_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
-    """DDIM "leading" spacing with offset 1 (diffusers DDIMScheduler, steps_offset=1): 50 -> [981, ..., 1]."""
-    ratio = num_train_timesteps // num_steps
-    return [int(t) for t in (torch.arange(num_steps) * ratio + 1).flip(0)]
-
-
 @torch.no_grad()
 def sample_video(
     parts: TeacherParts,
@@ -163,7 +160,7 @@ def sample_video(
         decode_chunk: VAE-decode at most this many frames at once (0 = all) to cap memory.
     """
     if mode not in ("student", "teacher"):
-        raise ValueError(f"mode must be 'student' or 'teacher', got {mode!r}")
+        raise ConfigError(f"mode must be 'student' or 'teacher', got {mode!r}")
     device = parts.device
     dtype = parts.dtype
     n = len(prompts)
@@ -171,7 +168,8 @@ def sample_video(
     t0 = time.perf_counter()
     shape = latent_shape(parts, frames, height, width)
     if timesteps is None:
-        timesteps = sampling_timesteps(steps, origin_steps=origin_steps) if mode == "student" else teacher_timesteps(steps)
+        timesteps = (consistency_timesteps(steps, origin_steps=origin_steps) if mode == "student"
+                     else ddim_timesteps(steps))
     timesteps = [int(t) for t in timesteps]
     generators = make_generators(n, seed)
     noises = draw_noise(generators, shape, len(timesteps) if mode == "student" else 1)
@@ -207,7 +205,7 @@ def sample_video(
             calls += 1
             tt = torch.full((2 * n,), t, device=device, dtype=torch.long)
             eps_c, eps_u = call_unet(parts.unet, torch.cat([x, x]), tt, both, fps=fps2).chunk(2)
-            return eps_u + guidance * (eps_c - eps_u)
+            return lcm_guidance(eps_c, eps_u, torch.tensor(guidance - 1.0))
 
         latents = ddim_cfg_sample(model, noises[0], timesteps, alphas, callback)
     if device.type == "cuda":

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, VideoReadError
+from .rewards import strided_frame_indices
 from .safeio import atomic_path, save_json
 from .video import VIDEO_SUFFIXES, read_video
 
@@ -242,18 +243,13 @@ def _lookup(table: Mapping[str, str], video: Path) -> str | None:
 # Scoring
 
 
-def clip_frame_indices(total: int, n: int) -> list[int]:
-    """``n`` evenly strided indices out of ``total``; frames repeat when the clip is shorter than ``n``."""
-    return [int(i * total / n) for i in range(n)]
-
-
 def _select_frames(frames: torch.Tensor, model: torch.nn.Module, max_frames: int | None) -> torch.Tensor:
     total = frames.shape[0]
     need = getattr(model, "num_frames", None) if getattr(model, "kind", "image") == "video" else None
     if need:
-        return frames[clip_frame_indices(total, need)]
+        return frames[strided_frame_indices(total, need, repeat=True)]
     if max_frames and total > max_frames:
-        return frames[clip_frame_indices(total, max_frames)]
+        return frames[strided_frame_indices(total, max_frames)]
     return frames
 
 
@@ -363,6 +359,37 @@ def score_videos(
     report.videos = [entries[v] for v in pending if entries[v].scores]
     return report
 
+
+
+def score_across_processes(paths: Iterable[str | os.PathLike], rewards: Sequence[str], device: str = "cpu",
+                           **kwargs: Any) -> ScoreReport | None:
+    """:func:`score_videos` under torchrun / accelerate launch: every process scores its share of the videos
+    (``RANK`` / ``WORLD_SIZE``), rank 0 gets the merged report, the other ranks ``None``. Without a launcher it is
+    :func:`score_videos` on one process.
+
+    Raises:
+        SystemExit(1) on a rank other than 0 when any rank failed a video (the launcher sees a failed run).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return score_videos(paths, rewards, device=device, **kwargs)
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    if str(device).startswith("cuda") and ":" not in str(device):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    dist.init_process_group("gloo")
+    try:
+        report = score_videos(paths, rewards, device=device, shard=(rank, world), **kwargs)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, report)
+    finally:
+        dist.destroy_process_group()
+    if rank != 0:
+        if not all(r.ok for r in gathered):
+            raise SystemExit(1)
+        return None
+    return merge_reports(gathered)
 
 def _score_batch(model, name: str, batch, entries: dict[Path, VideoScore], report: ScoreReport, device) -> None:
     videos = [v for v, _ in batch]

@@ -195,13 +195,16 @@ def save_student(unet: nn.Module, folder: str | Path, meta: dict[str, Any]) -> P
     return folder
 
 
+def student_meta_path(path: str | Path) -> Path:
+    """Where our student records itself: ``FOLDER/student.json``, or ``NAME.json`` beside ``NAME.safetensors``."""
+    path = Path(path)
+    return path / STUDENT_META if path.is_dir() else path.with_suffix(".json")
+
+
 def read_student(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a saved student (folder, or .safetensors with an optional .json beside it)."""
     path = Path(path)
-    if path.is_dir():
-        wfile, mfile = path / STUDENT_FILE, path / STUDENT_META
-    else:
-        wfile, mfile = path, path.with_suffix(".json")
+    wfile, mfile = (path / STUDENT_FILE if path.is_dir() else path), student_meta_path(path)
     if not wfile.is_file():
         raise CheckpointError(f"no student weights at {wfile}; pass a folder written by `t2vturbo distill`")
     meta = json.loads(mfile.read_text()) if mfile.is_file() else {}
@@ -255,3 +258,26 @@ def enable_block_checkpointing(unet: nn.Module) -> int:
         block.forward = forward
         block._t2vturbo_checkpointed = True
     return len([b for b in blocks if b is not None])
+
+
+def lora_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def merge_lora(unet: nn.Module) -> nn.Module:
+    """Merge the student's LoRA into the base weights (peft ``merge``) and drop the adapter modules, in place."""
+    layers = lora_layers(unet)
+    if not layers:
+        raise CheckpointError("this UNet has no LoRA adapter to merge")
+    with torch.no_grad():
+        for name, layer in layers:
+            layer.merge(adapter_names=[ADAPTER])
+            parent_name, _, child = name.rpartition(".")
+            parent = unet.get_submodule(parent_name) if parent_name else unet
+            setattr(parent, child, layer.get_base_layer())
+    for attr in ("peft_config", "_t2vturbo_lora"):
+        if attr in unet.__dict__:
+            delattr(unet, attr)
+    return unet

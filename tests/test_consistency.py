@@ -8,21 +8,36 @@ from t2vturbo.consistency import (
     consistency_loss,
     consistency_output,
     ddim_step,
-    ddim_timesteps,
     guidance_embedding,
     lcm_guidance,
     predict_x0,
-    sampling_timesteps,
 )
-from t2vturbo.models import scaled_linear_alphas_cumprod
+from t2vturbo.schedules import VPSchedule, consistency_timesteps, scaled_linear_alphas_cumprod, solver_grid
 
 
 def test_solver_grid_and_sampling_timesteps_match_the_reference():
-    t = ddim_timesteps(1000, 50)
+    t = solver_grid(1000, 50)
     assert t[0] == 19 and t[-1] == 999 and len(t) == 50 and (t.diff() == 20).all()
-    assert sampling_timesteps(4) == [999, 759, 519, 279]
-    assert sampling_timesteps(1) == [999]
-    assert sampling_timesteps(2) == [999, 499]
+    assert consistency_timesteps(4) == [999, 759, 519, 279]
+    assert consistency_timesteps(1) == [999]
+    assert consistency_timesteps(2) == [999, 499]
+    schedule = VPSchedule.standard()
+    assert schedule.consistency_timesteps(4) == [999, 759, 519, 279]
+    assert torch.equal(schedule.solver_grid(50), t)
+    assert schedule.ddim_timesteps(5) == [801, 601, 401, 201, 1]
+
+
+def test_schedule_configs_round_trip_through_diffusers():
+    from diffusers import DDIMScheduler, LCMScheduler
+
+    schedule = VPSchedule.standard()
+    ddim = DDIMScheduler.from_config(schedule.scheduler_config())
+    assert torch.allclose(ddim.alphas_cumprod, schedule.alphas_cumprod, atol=1e-7)
+    ddim.set_timesteps(50)
+    assert [int(t) for t in ddim.timesteps] == schedule.ddim_timesteps(50)
+    lcm = LCMScheduler.from_config(schedule.lcm_scheduler_config(50))
+    assert torch.allclose(lcm.alphas_cumprod, schedule.alphas_cumprod, atol=1e-7)
+    assert VPSchedule.from_scheduler_config(schedule.scheduler_config()).describe() == schedule.describe()
 
 
 def test_boundary_scalings():

@@ -10,9 +10,9 @@ import torch
 from t2vturbo.consistency import guidance_embedding
 from t2vturbo.errors import ConfigError
 from t2vturbo.export import export_student, pipeline_timesteps
-from t2vturbo.models import load_teacher
-from t2vturbo.official_lora import detect_student_format, load_any_student
+from t2vturbo.formats import detect_student_format, load_any_student
 from t2vturbo.student import LoraSettings, make_student, save_student
+from t2vturbo.teachers import load_teacher
 
 PROMPT = "a red circle moving left"
 GUIDANCE = 6.0
@@ -138,9 +138,8 @@ def test_fold_fps_is_exact():
     from diffusers import UNet3DConditionModel
 
     from t2vturbo.export import fold_fps
-    from t2vturbo.models import call_unet
+    from t2vturbo.teachers import FPSEmbedding, attach_fps_embedding, call_unet
     from t2vturbo.tiny.teacher import UNET_CONFIG
-    from t2vturbo.vc2 import FPSEmbedding, attach_fps_embedding
 
     torch.manual_seed(0)
     unet = UNet3DConditionModel(**UNET_CONFIG).eval()
@@ -185,7 +184,7 @@ def test_cli_export_official_list(tmp_path):
     from t2vturbo_cli.main import app
     from typer.testing import CliRunner
 
-    from t2vturbo.official_lora import ms_official_module_names
+    from t2vturbo.formats import ms_official_module_names
 
     unet = load_teacher("tiny").unet
     gen = torch.Generator().manual_seed(0)

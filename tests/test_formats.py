@@ -1,4 +1,4 @@
-"""The official T2V-Turbo ``unet_lora.pt`` list format (FORMATS §5): validation, conversion to peft, reference vector."""
+"""The official T2V-Turbo ``unet_lora.pt`` list format (docs/formats.md §3): validation, conversion to peft, reference vector."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from conftest import shared_path
 from torch import nn
 
 from t2vturbo.errors import CheckpointError
-from t2vturbo.export import merge_lora
-from t2vturbo.official_lora import (
+from t2vturbo.formats import (
     GUIDANCE_MODULE,
     GUIDANCE_PROJECTION_SEED,
     detect_student_format,
@@ -22,7 +21,7 @@ from t2vturbo.official_lora import (
     ms_official_module_names,
 )
 from t2vturbo.safeio import load_weights
-from t2vturbo.student import add_guidance_projection
+from t2vturbo.student import add_guidance_projection, merge_lora
 from t2vturbo.tiny.teacher import UNET_CONFIG
 
 
@@ -155,9 +154,9 @@ def test_not_a_list_refused(tiny_parts, tmp_path):
 
 
 def test_vc2_unet_gets_the_vc2_order_and_fps_pairs_merged(tiny_parts, tmp_path):
-    """An fps-conditioned UNet defaults to t2vturbo.vc2's release order; fps_embedding pairs merge into weights."""
-    from t2vturbo.models import call_unet
-    from t2vturbo.vc2 import FPSEmbedding, attach_fps_embedding, layout_of, vc2_lora_module_names
+    """An fps-conditioned UNet defaults to t2vturbo.convert's VC2 release order; fps_embedding pairs merge into weights."""
+    from t2vturbo.convert import layout_of, vc2_lora_module_names
+    from t2vturbo.teachers import FPSEmbedding, attach_fps_embedding, call_unet
 
     parts = fresh_parts(tiny_parts)
     unet = parts.unet

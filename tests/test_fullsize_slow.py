@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from t2vturbo.consistency import guidance_embedding
-from t2vturbo.models import call_unet
 from t2vturbo.student import LoraSettings, make_student, teacher_mode
+from t2vturbo.teachers import call_unet
 
 
 @pytest.mark.slow

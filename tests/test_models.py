@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from t2vturbo.errors import MissingWeightError
-from t2vturbo.models import call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
+from t2vturbo.teachers import call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
 from t2vturbo.tiny import build_tiny_teacher
 
 

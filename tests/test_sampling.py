@@ -2,7 +2,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from t2vturbo.sampling import sample_video, teacher_timesteps
+from t2vturbo.sampling import sample_video
+from t2vturbo.schedules import ddim_timesteps
 from t2vturbo.student import LoraSettings, make_student
 from t2vturbo.tiny import build_tiny_teacher
 
@@ -45,7 +46,7 @@ def test_teacher_cfg_is_one_batched_call_per_step(parts):
         out = sample_video(parts, ["a", "b"], steps=5, mode="teacher", frames=2, height=32, width=32)
     finally:
         handle.remove()
-    assert len(calls) == 5 and out.timesteps == teacher_timesteps(5) == [801, 601, 401, 201, 1]
+    assert len(calls) == 5 and out.timesteps == ddim_timesteps(5) == [801, 601, 401, 201, 1]
 
 
 def test_same_seed_same_video_different_seed_differs(parts):

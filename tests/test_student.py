@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from t2vturbo.consistency import guidance_embedding
-from t2vturbo.models import call_unet
 from t2vturbo.student import (
     GUIDANCE_KEY,
     LoraSettings,
@@ -14,6 +13,7 @@ from t2vturbo.student import (
     teacher_mode,
     trainable_parameters,
 )
+from t2vturbo.teachers import call_unet
 from t2vturbo.tiny import build_tiny_teacher
 
 

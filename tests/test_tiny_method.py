@@ -43,7 +43,7 @@ def _cli(*args):
 
 
 def test_decoded_frames_are_clamped_and_pass_no_gradient_outside_0_1():
-    from t2vturbo.models import decode_latents, load_teacher
+    from t2vturbo.teachers import decode_latents, load_teacher
 
     parts = load_teacher("tiny")
     lat = (torch.randn(1, 4, 2, 12, 12, generator=torch.Generator().manual_seed(0)) * 20).requires_grad_(True)
@@ -85,7 +85,7 @@ def test_teacher_and_target_passes_are_deterministic_in_train_mode(tmp_path):
     x_t = torch.randn(1, 4, 4, 16, 16, generator=gen)
     t_start, t_end = torch.tensor([499]), torch.tensor([479])
     from t2vturbo.consistency import guidance_embedding
-    from t2vturbo.models import encode_prompts
+    from t2vturbo.teachers import encode_prompts
 
     cond = encode_prompts(d.parts, ["a red circle moving left"])
     w = torch.tensor([6.0])
@@ -99,7 +99,7 @@ def test_teacher_and_target_passes_are_deterministic_in_train_mode(tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert d.unet.training and all(m.training for m in d.lora_dropouts)  # flags restored for the student pass
     # and the student's own forward still has LoRA dropout: two passes differ
-    from t2vturbo.models import call_unet
+    from t2vturbo.teachers import call_unet
 
     emb = guidance_embedding(w, 256)
     with torch.no_grad():
@@ -109,8 +109,8 @@ def test_teacher_and_target_passes_are_deterministic_in_train_mode(tmp_path):
 
 
 def test_sampling_defaults_come_from_the_student_then_the_model():
-    from t2vturbo.models import load_teacher
     from t2vturbo.sampling import sampling_defaults
+    from t2vturbo.teachers import load_teacher
     from t2vturbo.tiny import teacher as tiny
 
     parts = load_teacher("tiny")
@@ -126,7 +126,7 @@ def test_sampling_defaults_come_from_the_student_then_the_model():
 
 
 def test_diffusers_folder_native_shape_from_sample_size_and_vae_factor(tmp_path):
-    from t2vturbo.models import DEFAULTS_FILE, load_teacher
+    from t2vturbo.teachers import DEFAULTS_FILE, load_teacher
     from t2vturbo.tiny import teacher as tiny
 
     parts = load_teacher("tiny")
@@ -152,8 +152,8 @@ def test_sample_cli_uses_the_native_shape_without_options(tmp_path):
 
 
 def test_sample_cli_uses_the_students_recorded_shape(tmp_path):
-    from t2vturbo.models import load_teacher
     from t2vturbo.student import LoraSettings, make_student, save_student
+    from t2vturbo.teachers import load_teacher
     from t2vturbo.video import read_video
 
     parts = load_teacher("tiny")

@@ -10,9 +10,9 @@ import torch
 from conftest import shared_path
 from safetensors.torch import load_file
 
-from t2vturbo import vc2
+from t2vturbo import convert
 from t2vturbo.errors import CheckpointError
-from t2vturbo.models import call_unet
+from t2vturbo.teachers import FPSEmbedding, call_unet
 
 ATOL = 5e-5
 
@@ -24,13 +24,13 @@ def _inputs():
 
 @pytest.fixture(scope="module")
 def fixture_state() -> dict[str, torch.Tensor]:
-    state = vc2.read_vc2_state(shared_path("fixtures", "vc2_small", "model.ckpt"))
-    return {k[len(vc2.UNET_PREFIX):]: v for k, v in state.items()}
+    state = convert.read_vc2_state(shared_path("fixtures", "vc2_small", "model.ckpt"))
+    return {k[len(convert.UNET_PREFIX):]: v for k, v in state.items()}
 
 
 @pytest.fixture(scope="module")
 def teacher_unet(fixture_state):
-    return vc2.build_vc2_unet(fixture_state).eval()
+    return convert.build_vc2_unet(fixture_state).eval()
 
 
 # ------------------------------------------------------------------------------------------- reference vectors
@@ -45,7 +45,7 @@ def test_converted_teacher_reproduces_reference(teacher_unet):
 
 def test_converted_student_reproduces_reference():
     state = load_file(shared_path("fixtures", "vc2_small_student", "student_unet.safetensors"))
-    unet = vc2.build_vc2_unet(state).eval()
+    unet = convert.build_vc2_unet(state).eval()
     assert unet.time_embedding.cond_proj is not None
     inp = _inputs()
     expected = load_file(shared_path("fixtures", "vc2_small_student", "expected.safetensors"))["student_out"]
@@ -59,7 +59,7 @@ def test_fps_hook_survives_our_student_wrapping(fixture_state):
     reference's guidance projection copied in and LoRA at B = 0, the student matches the reference output."""
     from t2vturbo.student import LoraSettings, make_student
 
-    unet = vc2.build_vc2_unet(dict(fixture_state)).eval()
+    unet = convert.build_vc2_unet(dict(fixture_state)).eval()
     make_student(unet, LoraSettings(rank=4))
     assert not any(n.startswith("fps_embedding") and "lora" in n for n, _ in unet.named_parameters())
     proj = load_file(shared_path("fixtures", "vc2_small_student", "student_unet.safetensors"))["time_cond_proj.weight"]
@@ -114,7 +114,7 @@ def _small_lvdm_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_small_lvdm_state_from_key_list_converts_and_loads_strictly():
     state = _small_lvdm_state()
-    unet = vc2.build_vc2_unet(state).eval()
+    unet = convert.build_vc2_unet(state).eval()
     assert unet.config.block_out_channels == (32, 64, 128, 128)
     assert unet.config.cross_attention_dim == 24 and unet.config.time_cond_proj_dim == 256
     # every lvdm tensor landed somewhere, unchanged (Conv1d proj of init_attn squeezed)
@@ -137,21 +137,21 @@ def test_key_check_names_the_first_bad_key():
     missing = dict(state)
     del missing["middle_block.1.proj_out.weight"]
     with pytest.raises(CheckpointError, match=r"mid_block\.attentions\.0\.proj_out\.weight"):
-        vc2.build_vc2_unet(missing, device="meta")
+        convert.build_vc2_unet(missing, device="meta")
     wrong = dict(state)
     wrong["output_blocks.4.0.in_layers.2.weight"] = torch.zeros(3, 3, 3, 3)
     with pytest.raises(CheckpointError, match=r"output_blocks\.4\.0\.in_layers\.2\.weight has shape \(3, 3, 3, 3\)"):
-        vc2.build_vc2_unet(wrong, device="meta")
+        convert.build_vc2_unet(wrong, device="meta")
     extra = dict(state)
     extra["input_blocks.1.0.mystery.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=r"input_blocks\.1\.0\.mystery\.weight"):
-        vc2.build_vc2_unet(extra, device="meta")
+        convert.build_vc2_unet(extra, device="meta")
 
 
 def test_full_size_key_names_and_shapes_on_meta():
     shapes = _full_key_shapes()
     state = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    unet = vc2.build_vc2_unet(state, device="meta")
+    unet = convert.build_vc2_unet(state, device="meta")
     cfg = unet.config
     assert cfg.block_out_channels == (320, 640, 1280, 1280) and cfg.attention_head_dim == 64
     assert cfg.cross_attention_dim == 1024 and cfg.time_cond_proj_dim == 256
@@ -164,11 +164,11 @@ def test_full_size_key_names_and_shapes_on_meta():
 
 def test_official_lora_order_and_shapes_match_the_release_list():
     entries = json.loads(shared_path("formats", "vc2_official_lora_order.json").read_text())
-    assert vc2.lvdm_lora_module_order() == [e["module"] for e in entries]
-    names = vc2.vc2_lora_module_names()
+    assert convert.lvdm_lora_module_order() == [e["module"] for e in entries]
+    names = convert.vc2_lora_module_names()
     assert len(names) == 575 and len(set(names)) == 575
     state = {k: torch.empty(s, device="meta") for k, s in _full_key_shapes().items()}
-    modules = dict(vc2.build_vc2_unet(state, device="meta").named_modules())
+    modules = dict(convert.build_vc2_unet(state, device="meta").named_modules())
     for name, entry in zip(names, entries, strict=True):
         assert tuple(modules[name].weight.shape) == tuple(entry["weight"]), name
         assert type(modules[name]).__name__ == entry["type"], name
@@ -176,9 +176,9 @@ def test_official_lora_order_and_shapes_match_the_release_list():
 
 
 def test_official_layout_lora_list_merges_to_w_plus_up_down(teacher_unet, fixture_state, tmp_path):
-    official_lora = pytest.importorskip("t2vturbo.official_lora")
-    unet = vc2.build_vc2_unet(dict(fixture_state)).eval()
-    names = vc2.vc2_lora_module_names(vc2.layout_of(unet))
+    official_lora = pytest.importorskip("t2vturbo.formats")
+    unet = convert.build_vc2_unet(dict(fixture_state)).eval()
+    names = convert.vc2_lora_module_names(convert.layout_of(unet))
     base = {n: m.weight.detach().clone() for n, m in unet.named_modules() if n in names}
     gen = torch.Generator().manual_seed(3)
     tensors = []
@@ -284,9 +284,9 @@ def test_vae_conversion_matches_diffusers_single_file_converter():
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     ldm = _ldm_vae_state(torch.Generator().manual_seed(1))
-    vae = vc2.build_vae(ldm)
+    vae = convert.build_vae(ldm)
     ours = vae.state_dict()
-    theirs = convert_ldm_vae_checkpoint({vc2.VAE_PREFIX + k: v for k, v in ldm.items()},
+    theirs = convert_ldm_vae_checkpoint({convert.VAE_PREFIX + k: v for k, v in ldm.items()},
                                         {"down_block_types": ["DownEncoderBlock2D"] * 2,
                                          "up_block_types": ["UpDecoderBlock2D"] * 2})
     assert set(ours) == set(theirs)
@@ -296,9 +296,9 @@ def test_vae_conversion_matches_diffusers_single_file_converter():
 
 def test_text_encoder_equals_open_clip_penultimate_layer():
     tower = _open_clip_text()
-    text = vc2.build_text_encoder(tower.state_dict(), num_heads=2)
+    text = convert.build_text_encoder(tower.state_dict(), num_heads=2)
     assert text.config.num_hidden_layers == 2  # 3 blocks, the last one dropped
-    tokenizer = vc2.build_clip_tokenizer()
+    tokenizer = convert.build_clip_tokenizer()
     # (two known differences, both rare in prompts: HTML entities are not unescaped, and a stand-alone "!"
     # becomes the pad token id 0 as in every HF CLIP tokenizer that pads with "!")
     prompts = ["a corgi running on the beach at sunset", "A red sports car, drifting; Ünïcode. " * 6]
@@ -318,26 +318,26 @@ def test_text_encoder_equals_open_clip_penultimate_layer():
 @pytest.fixture(scope="module")
 def small_vc2_state(fixture_state) -> dict[str, torch.Tensor]:
     """A whole small VC2 model.ckpt state_dict: the fixture UNet, a small LDM VAE, a small open_clip text tower."""
-    state = {vc2.UNET_PREFIX + k: v for k, v in fixture_state.items()}
-    state.update({vc2.VAE_PREFIX + k: v for k, v in _ldm_vae_state(torch.Generator().manual_seed(2)).items()})
-    state.update({vc2.TEXT_PREFIX + k: v for k, v in _open_clip_text(heads=1).state_dict().items()})
+    state = {convert.UNET_PREFIX + k: v for k, v in fixture_state.items()}
+    state.update({convert.VAE_PREFIX + k: v for k, v in _ldm_vae_state(torch.Generator().manual_seed(2)).items()})
+    state.update({convert.TEXT_PREFIX + k: v for k, v in _open_clip_text(heads=1).state_dict().items()})
     return state
 
 
 def test_convert_save_and_load_teacher_roundtrip(small_vc2_state, tmp_path):
-    from t2vturbo.models import load_teacher
+    from t2vturbo.teachers import load_teacher
 
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": small_vc2_state}, path)
-    parts = vc2.convert_vc2_checkpoint(path)
+    parts = convert.convert_vc2_checkpoint(path)
     assert parts.default_fps == 16 and parts.tokenizer.model_max_length == 77
-    out = vc2.save_converted(parts, tmp_path / "vc2-diffusers")
+    out = convert.save_converted(parts, tmp_path / "vc2-diffusers")
     for sub in ("unet/config.json", "unet/fps_embedding.safetensors", "unet/fps_embedding.json", "vae/config.json",
                 "text_encoder/config.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"):
         assert (out / sub).is_file(), sub
     assert not any("fps_embedding" in k for k in load_file(out / "unet" / "diffusion_pytorch_model.safetensors"))
     loaded = load_teacher(str(out))
-    assert loaded.default_fps == 16 and isinstance(loaded.unet.fps_embedding, vc2.FPSEmbedding)
+    assert loaded.default_fps == 16 and isinstance(loaded.unet.fps_embedding, FPSEmbedding)
     inp = _inputs()
     expected = load_file(shared_path("fixtures", "vc2_small", "expected.safetensors"))["teacher_out"]
     with torch.no_grad():
@@ -354,7 +354,7 @@ def test_sample_with_converted_small_model_writes_a_video(small_vc2_state, tmp_p
     video = pytest.importorskip("t2vturbo.video")
     from t2vturbo.student import LoraSettings, make_student
 
-    parts = vc2.convert_vc2_state(dict(small_vc2_state))
+    parts = convert.convert_vc2_state(dict(small_vc2_state))
     make_student(parts.unet, LoraSettings(rank=4))
     result = sampling.sample_video(parts, ["a dog"], steps=2, frames=4, height=32, width=32, seed=0)
     frames = result.videos if hasattr(result, "videos") else result[0]
@@ -367,14 +367,14 @@ def test_not_a_vc2_checkpoint_is_refused_in_one_line(tmp_path):
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"foo.weight": torch.zeros(1)}}, path)
     with pytest.raises(CheckpointError, match="not a VideoCrafter2 model.ckpt"):
-        vc2.convert_vc2_checkpoint(path)
+        convert.convert_vc2_checkpoint(path)
 
 
 def test_convert_command_writes_a_loadable_folder(small_vc2_state, tmp_path):
     from t2vturbo_cli.main import app
     from typer.testing import CliRunner
 
-    from t2vturbo.models import load_teacher
+    from t2vturbo.teachers import load_teacher
 
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": {k: v.half() for k, v in small_vc2_state.items()}}, ckpt)
@@ -396,11 +396,11 @@ def test_sample_command_with_official_vc2_lora_writes_a_video(small_vc2_state, t
     from t2vturbo_cli.main import app
     from typer.testing import CliRunner
 
-    from t2vturbo.models import load_teacher
+    from t2vturbo.teachers import load_teacher
 
-    folder = vc2.save_converted(vc2.convert_vc2_state(dict(small_vc2_state)), tmp_path / "vc2")
+    folder = convert.save_converted(convert.convert_vc2_state(dict(small_vc2_state)), tmp_path / "vc2")
     unet = load_teacher(str(folder)).unet
-    names = vc2.vc2_lora_module_names(vc2.layout_of(unet))
+    names = convert.vc2_lora_module_names(convert.layout_of(unet))
     gen = torch.Generator().manual_seed(5)
     tensors = []
     for name in names:

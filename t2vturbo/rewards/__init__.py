@@ -130,9 +130,9 @@ def load_reward(
     return model.to(device=device)
 
 
-def strided_frame_indices(total: int, n: int) -> list[int]:
-    """``n`` evenly strided frame indices out of ``total`` (all of them when ``total <= n``)."""
-    if n is None or total <= n:
+def strided_frame_indices(total: int, n: int | None, repeat: bool = False) -> list[int]:
+    """``n`` evenly strided frame indices out of ``total``. A clip of ``n`` frames or fewer gives all of its
+    frames, or with ``repeat`` (a video reward that needs exactly ``n``) ``n`` indices with frames repeated."""
+    if n is None or (total <= n and not repeat):
         return list(range(total))
-    step = total / n
-    return [int(i * step) for i in range(n)]
+    return [int(i * total / n) for i in range(n)]

@@ -21,7 +21,7 @@ from .preprocess import clip_pixels
 
 CLIP_HUB_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_OPEN_CLIP_OPTIONS = ("arch", "model_cfg")
+OPEN_CLIP_OPTIONS = ("arch", "model_cfg")
 
 
 class OpenClipReward(RewardModel):
@@ -113,7 +113,7 @@ def load_clip(
     checkpoint: str | None = None, device="cpu", dtype=torch.float32, **options
 ) -> OpenClipReward:
     """CLIP score. Options: ``arch`` (open_clip config name, default ViT-H-14) or ``model_cfg`` (a config dict)."""
-    check_options("clip", options, _OPEN_CLIP_OPTIONS)
+    check_options("clip", options, OPEN_CLIP_OPTIONS)
     path = resolve_open_clip_file(checkpoint, how="--reward-checkpoint clip=PATH")
     cfg = open_clip_config(options.get("arch", "ViT-H-14"), options.get("model_cfg"))
     model = load_open_clip_model(path, None, cfg, device=device, dtype=dtype)

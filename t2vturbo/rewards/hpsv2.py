@@ -11,7 +11,7 @@ import torch
 
 from ..hub import resolve_file
 from . import register_reward
-from .clip import _OPEN_CLIP_OPTIONS, OpenClipReward, load_open_clip_model, open_clip_config
+from .clip import OPEN_CLIP_OPTIONS, OpenClipReward, load_open_clip_model, open_clip_config
 from .loading import check_options
 from .preprocess import hps_pixels
 
@@ -19,7 +19,7 @@ HPS_HUB_REPO = "xswu/HPSv2"
 
 
 def _load_hps(name: str, filename: str, checkpoint, device, dtype, options) -> OpenClipReward:
-    check_options(name, options, _OPEN_CLIP_OPTIONS)
+    check_options(name, options, OPEN_CLIP_OPTIONS)
     path = resolve_file(checkpoint, HPS_HUB_REPO, filename, how=f"--reward-checkpoint {name}=PATH")
     cfg = open_clip_config(options.get("arch", "ViT-H-14"), options.get("model_cfg"))
     model = load_open_clip_model(path, "state_dict", cfg, device=device, dtype=dtype)

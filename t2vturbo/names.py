@@ -1,0 +1,34 @@
+"""Names users type or read: dtype names, and file names made from prompts."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+#: the dtypes a recipe, ``--dtype`` or an export may name
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str, option: str = "dtype") -> torch.dtype:
+    """The torch dtype called ``name``; a one-line error naming ``option`` and the choices otherwise."""
+    if name not in DTYPES:
+        raise ConfigError(f"{option} must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """``auto`` (float16 on CUDA, float32 elsewhere) or a name of :data:`DTYPES`."""
+    if name == "auto":
+        return torch.float16 if str(device).startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"--dtype {name!r}: use float32, float16, bfloat16 or auto")
+    return DTYPES[name]
+
+
+def slugify(text: str, limit: int = 60, sep: str = "-") -> str:
+    """A file-name-safe form of ``text``: lower case, runs of other characters become one ``sep``."""
+    slug = "".join(c if c.isalnum() else sep for c in text.lower())
+    while sep + sep in slug:
+        slug = slug.replace(sep + sep, sep)
+    return slug.strip(sep)[:limit] or "video"
