@@ -108,7 +108,7 @@ def build_tiny_teacher(seed: int = 0):
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..teachers import TeacherParts
+    from ..teachers.parts import TeacherParts
 
     tokenizer = load_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -128,7 +128,7 @@ def build_tiny_teacher(seed: int = 0):
 def load_tiny_teacher():
     """The shipped trained tiny teacher if its weights are in the package, else the random-init one."""
     if (TEACHER_DIR / "unet" / "config.json").is_file():
-        from ..teachers import load_diffusers_teacher
+        from ..teachers.unet3d import load_diffusers_teacher
 
         parts = load_diffusers_teacher(str(TEACHER_DIR))
         parts.name = "tiny"
