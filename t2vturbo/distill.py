@@ -3,6 +3,11 @@
 ``Distiller(recipe, output_dir).run()`` does setup -> train -> save. Everything runs the same on one CPU,
 one GPU or several processes (``accelerate launch`` / ``torchrun``): accelerate wraps the student for DDP,
 each rank reads its own shard, and only the main process writes files.
+
+Why one file of ~550 lines: this is the recipe, read top to bottom as setup / step / train / save with numbered
+steps (as torchtune's recipes are); the maths it calls is in :mod:`t2vturbo.consistency`, the parts in
+:mod:`t2vturbo.teachers`, :mod:`t2vturbo.student` and :mod:`t2vturbo.rewards`. Splitting it would scatter one
+training step over several files.
 """
 
 from __future__ import annotations
