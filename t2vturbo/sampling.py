@@ -24,7 +24,7 @@ from .consistency import (
 )
 from .errors import ConfigError
 from .schedules import consistency_timesteps, ddim_timesteps
-from .teachers import TeacherParts, call_unet, decode_latents, encode_prompts
+from .teachers import TeacherParts, decode_latents, encode_prompts
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _has_guidance_projection(unet) -> bool:
 
 
 def consistency_sample(
-    model: Callable[[torch.Tensor, int], torch.Tensor],
+    model: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
     latents: torch.Tensor,
     timesteps: Sequence[int],
     alphas_cumprod: torch.Tensor,
@@ -89,7 +89,7 @@ def consistency_sample(
     """Multistep consistency sampling (CM Algorithm 1): denoise with f(x, t), re-noise to the next t, repeat.
 
     Args:
-        model: ``model(x, t) -> eps``.
+        model: the denoiser, ``model(x, t) -> (x0, eps)`` (a :class:`~t2vturbo.teachers.Teacher`'s ``denoise``).
         latents: x_T (B, C, F, h, w).
         timesteps: decreasing, e.g. [999, 759, 519, 279].
         noises: len(timesteps) - 1 fresh noise tensors for the re-noising steps.
@@ -97,8 +97,7 @@ def consistency_sample(
     x = latents
     denoised = latents
     for i, t in enumerate(timesteps):
-        eps = model(x, t)
-        x0 = predict_x0(eps, x, alphas_cumprod[t])
+        x0, _ = model(x, t)
         denoised = consistency_output(x, x0, torch.tensor([t], device=x.device))
         if i + 1 < len(timesteps):
             x = add_noise(denoised, noises[i], alphas_cumprod[timesteps[i + 1]])
@@ -108,18 +107,18 @@ def consistency_sample(
 
 
 def ddim_cfg_sample(
-    model: Callable[[torch.Tensor, int], torch.Tensor],
+    model: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
     latents: torch.Tensor,
     timesteps: Sequence[int],
     alphas_cumprod: torch.Tensor,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) over ``timesteps`` (decreasing); ``model`` already applies CFG."""
+    """Deterministic DDIM (eta 0) over ``timesteps`` (decreasing); ``model(x, t) -> (x0, eps)`` already applies
+    CFG."""
     x = latents
     final_alpha = alphas_cumprod[0]
     for i, t in enumerate(timesteps):
-        eps = model(x, t)
-        x0 = predict_x0(eps, x, alphas_cumprod[t])
+        x0, eps = model(x, t)
         a_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else final_alpha
         x = ddim_step(x0, eps, a_prev)
         if callback is not None:
@@ -192,7 +191,7 @@ def sample_video(
             nonlocal calls
             calls += 1
             tt = torch.full((n,), t, device=device, dtype=torch.long)
-            return call_unet(parts.unet, x, tt, cond, timestep_cond=w_emb, fps=fps_t)
+            return parts.denoise(x, tt, cond, guidance_cond=w_emb, fps=fps_t)
 
         latents = consistency_sample(model, noises[0], timesteps, alphas, noises[1:], callback)
     else:
@@ -204,8 +203,9 @@ def sample_video(
             nonlocal calls
             calls += 1
             tt = torch.full((2 * n,), t, device=device, dtype=torch.long)
-            eps_c, eps_u = call_unet(parts.unet, torch.cat([x, x]), tt, both, fps=fps2).chunk(2)
-            return lcm_guidance(eps_c, eps_u, torch.tensor(guidance - 1.0))
+            eps_c, eps_u = parts.denoise(torch.cat([x, x]), tt, both, fps=fps2)[1].chunk(2)
+            eps = lcm_guidance(eps_c, eps_u, torch.tensor(guidance - 1.0))
+            return predict_x0(eps, x, alphas[t]), eps
 
         latents = ddim_cfg_sample(model, noises[0], timesteps, alphas, callback)
     if device.type == "cuda":

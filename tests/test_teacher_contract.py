@@ -68,6 +68,28 @@ def _inputs(parts, seed=0):
     return x, torch.tensor([500, 19]), h
 
 
+def test_family_implements_the_teacher_protocol(family):
+    from t2vturbo.consistency import predict_x0
+    from t2vturbo.teachers import Teacher
+
+    _, spec = family
+    parts = load_teacher(spec)
+    assert isinstance(parts, Teacher)
+    x, t, h = _inputs(parts)
+    with torch.no_grad():
+        x0, eps = parts.denoise(x, t, h, fps=parts.default_fps)
+        ref = call_unet(parts.unet, x, t, h, fps=parts.default_fps)
+    torch.testing.assert_close(eps, ref, atol=0, rtol=0)
+    torch.testing.assert_close(x0, predict_x0(ref, x, parts.alphas_cumprod[t]), atol=0, rtol=0)
+    assert parts.schedule.consistency_timesteps(4) == [999, 759, 519, 279]
+    native = parts.native_video()
+    pixels = torch.rand(1, 2, 3, native["height"], native["width"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        video = parts.decode_video(parts.encode_video(pixels))
+    assert video.shape == pixels.shape and 0 <= float(video.min()) and float(video.max()) <= 1
+    assert parts.encode_text(["a red circle moving left"]).shape[0] == 1
+
+
 def test_fresh_student_equals_its_teacher(family):
     _, spec = family
     parts = load_teacher(spec)

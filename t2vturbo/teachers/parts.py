@@ -54,6 +54,32 @@ class TeacherParts:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    # ------------------------------------------------------------------ the Teacher protocol (teachers/base.py)
+    @property
+    def schedule(self):
+        from ..schedules import VPSchedule
+
+        return VPSchedule(self.alphas_cumprod)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return encode_prompts(self, prompts)
+
+    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return encode_pixels(self, pixels, generator)
+
+    def decode_video(self, latents: torch.Tensor, frames: list[int] | None = None, chunk: int = 0) -> torch.Tensor:
+        return decode_latents(self, latents, frames, chunk)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_cond: torch.Tensor | None = None,
+                fps: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) of the UNet at ``x`` (B, C, F, h, w), timesteps ``t`` (B,), text states ``text``;
+        ``guidance_cond`` is a student's guidance embedding, ``fps`` VideoCrafter2's frame rate."""
+        from ..consistency import predict_x0
+        from .unet3d import call_unet
+
+        eps = call_unet(self.unet, x, t, text, timestep_cond=guidance_cond, fps=fps)
+        return predict_x0(eps, x, self.alphas_cumprod[t]), eps
+
     def to(self, device=None, dtype=None) -> TeacherParts:
         for m in (self.unet, self.vae, self.text_encoder):
             p = next(m.parameters())
