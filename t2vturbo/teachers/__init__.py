@@ -9,11 +9,12 @@ from .parts import (
     FALLBACK_FRAMES,
     VAE_SCALE,
     TeacherParts,
+    call_unet,
     decode_latents,
     encode_pixels,
     encode_prompts,
 )
-from .unet3d import call_unet, load_diffusers_teacher
+from .unet3d import load_diffusers_teacher
 
 __all__ = ["DEFAULTS_FILE", "FALLBACK_FPS", "FALLBACK_FRAMES", "VAE_SCALE", "FPSEmbedding", "Teacher", "TeacherParts",
            "attach_fps_embedding", "call_unet", "decode_latents", "encode_pixels", "encode_prompts",

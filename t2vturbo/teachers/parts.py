@@ -75,7 +75,6 @@ class TeacherParts:
         """(x0, eps) of the UNet at ``x`` (B, C, F, h, w), timesteps ``t`` (B,), text states ``text``;
         ``guidance_cond`` is a student's guidance embedding, ``fps`` VideoCrafter2's frame rate."""
         from ..consistency import predict_x0
-        from .unet3d import call_unet
 
         eps = call_unet(self.unet, x, t, text, timestep_cond=guidance_cond, fps=fps)
         return predict_x0(eps, x, self.alphas_cumprod[t]), eps
@@ -88,6 +87,30 @@ class TeacherParts:
         if device is not None:
             self.alphas_cumprod = self.alphas_cumprod.to(device)
         return self
+
+
+def call_unet(
+    unet: nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    timestep_cond: torch.Tensor | None = None,
+    fps: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """The one place that calls a UNet: returns epsilon for (B, C, F, H, W) latents.
+
+    ``fps`` reaches an fps-conditioned UNet (VideoCrafter2) through its ``fps_embedding`` module;
+    ModelScope-style UNets ignore it.
+    """
+    fps_module = getattr(getattr(unet, "module", unet), "fps_embedding", None)  # unwrap DDP
+    if fps_module is not None:
+        fps_module.current_fps = fps
+    try:
+        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
+                    return_dict=False)[0]
+    finally:
+        if fps_module is not None:
+            fps_module.current_fps = None
 
 
 @torch.no_grad()

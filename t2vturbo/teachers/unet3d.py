@@ -1,44 +1,16 @@
-"""The UNet3D family (ModelScope, VideoCrafter2 converted by t2vturbo, the tiny teacher): the one UNet call, and
-loading a diffusers-layout folder (docs/formats.md §1).
-"""
+"""The UNet3D family (ModelScope, VideoCrafter2 converted by t2vturbo, the tiny teacher): loading a
+diffusers-layout folder (docs/formats.md §1)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from ..errors import MissingWeightError
 from ..hub import resolve_pretrained_dir
 from ..schedules import alphas_cumprod_from_scheduler_config
 from .fps import load_fps_embedding
 from .parts import DEFAULTS_FILE, VAE_SCALE, TeacherParts
-
-
-def call_unet(
-    unet: nn.Module,
-    sample: torch.Tensor,
-    timestep: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
-    timestep_cond: torch.Tensor | None = None,
-    fps: torch.Tensor | int | None = None,
-) -> torch.Tensor:
-    """The one place that calls a UNet: returns epsilon for (B, C, F, H, W) latents.
-
-    ``fps`` reaches an fps-conditioned UNet (VideoCrafter2) through its ``fps_embedding`` module;
-    ModelScope-style UNets ignore it.
-    """
-    fps_module = getattr(getattr(unet, "module", unet), "fps_embedding", None)  # unwrap DDP
-    if fps_module is not None:
-        fps_module.current_fps = fps
-    try:
-        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
-                    return_dict=False)[0]
-    finally:
-        if fps_module is not None:
-            fps_module.current_fps = None
 
 
 def load_diffusers_teacher(spec: str) -> TeacherParts:
