@@ -200,7 +200,7 @@ def export_student(
     Returns:
         ``out_dir``.
     """
-    from .formats import detect_student_format, load_any_student, recorded_base_model, recorded_student_meta
+    from .formats import base_model_of, load_any_student, recorded_student_meta
     from .teachers import load_teacher
 
     if format not in FORMATS:
@@ -209,12 +209,14 @@ def export_student(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    base = base_model_spec or recorded_base_model(student_path)
+    # read once: the base model, and (our students only: a peft config has none of these keys) the schedule,
+    # steps, guidance and fps
+    meta = recorded_student_meta(student_path)
+    base = base_model_spec or base_model_of(meta)
     if not base:
         raise ConfigError(f"{student_path} does not record its base model; pass it with --model")
     parts = load_teacher(base)
     load_any_student(student_path, parts)
-    meta = recorded_student_meta(student_path) if detect_student_format(student_path) == "t2vturbo" else {}
     origin = int((meta.get("schedule") or {}).get("num_ddim_timesteps")
                  or (meta.get("schedule") or {}).get("origin_steps") or 50)
     info = {"format": f"t2vturbo-export-{format}", "source": str(student_path), "base_model": base,

@@ -348,8 +348,3 @@ def recorded_student_meta(student_path: str | Path) -> dict:
 def base_model_of(meta: dict) -> str | None:
     """The base model in what a student records: student.json ``base_model`` or a peft config's base model."""
     return meta.get("base_model") or meta.get("base_model_name_or_path")
-
-
-def recorded_base_model(student_path: str | Path) -> str | None:
-    """The base model a student records (see :func:`base_model_of`)."""
-    return base_model_of(recorded_student_meta(student_path))

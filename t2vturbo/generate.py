@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .names import resolve_dtype
-from .sampling import FALLBACK_STUDENT_STEPS, sample_video, sampling_defaults
+from .sampling import FALLBACK_STUDENT_STEPS, has_guidance_projection, sample_video, sampling_defaults
 from .teachers import load_teacher
 
 
@@ -22,11 +22,6 @@ class Written:
     mode: str
     steps: int
     seconds: float
-
-
-def has_guidance_embedding(unet) -> bool:
-    te = getattr(unet, "time_embedding", None)
-    return te is not None and getattr(te, "cond_proj", None) is not None
 
 
 def generate_videos(
@@ -83,7 +78,7 @@ def generate_videos(
         load_any_student(student, parts)
         merge_lora(parts.unet)  # an unmerged adapter costs ~50% more per UNet call
         parts.unet.to(device=device, dtype=dt)
-    mode = "teacher" if teacher or student is None and not has_guidance_embedding(parts.unet) else "student"
+    mode = "teacher" if teacher or student is None and not has_guidance_projection(parts.unet) else "student"
     timesteps = None
     if not teacher and student is None:
         from .export import pipeline_timesteps

@@ -30,7 +30,6 @@ class Failure:
     reward: str | None = None  # None: the file itself failed (unreadable, no prompt)
 
 
-
 def find_videos(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Failure]]:
     """Expand folders (recursively, video suffixes only), globs and files into a sorted, de-duplicated list.
 

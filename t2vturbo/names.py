@@ -21,9 +21,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     """``auto`` (float16 on CUDA, float32 elsewhere) or a name of :data:`DTYPES`."""
     if name == "auto":
         return torch.float16 if str(device).startswith("cuda") else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(f"--dtype {name!r}: use float32, float16, bfloat16 or auto")
-    return DTYPES[name]
+    return torch_dtype(name, "--dtype (or auto)")
 
 
 def slugify(text: str, limit: int = 60, sep: str = "-") -> str:

@@ -20,7 +20,6 @@ from .consistency import (
     ddim_step,
     guidance_embedding,
     lcm_guidance,
-    predict_x0,
 )
 from .errors import ConfigError
 from .schedules import consistency_timesteps, ddim_timesteps
@@ -73,7 +72,8 @@ def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], count:
     return [torch.cat([pv[k] for pv in per_video]).contiguous() for k in range(count)]
 
 
-def _has_guidance_projection(unet) -> bool:
+def has_guidance_projection(unet) -> bool:
+    """Whether ``unet`` carries a student's guidance projection (``time_embedding.cond_proj``)."""
     te = getattr(unet, "time_embedding", None)
     return te is not None and getattr(te, "cond_proj", None) is not None
 
@@ -183,7 +183,7 @@ def sample_video(
     t1 = time.perf_counter()
     if mode == "student":
         w_emb = None
-        if _has_guidance_projection(parts.unet):
+        if has_guidance_projection(parts.unet):
             w = torch.full((n,), float(guidance))
             w_emb = guidance_embedding(w, parts.unet.time_embedding.cond_proj.in_features).to(device=device, dtype=dtype)
 
@@ -203,9 +203,9 @@ def sample_video(
             nonlocal calls
             calls += 1
             tt = torch.full((2 * n,), t, device=device, dtype=torch.long)
-            eps_c, eps_u = parts.denoise(torch.cat([x, x]), tt, both, fps=fps2)[1].chunk(2)
-            eps = lcm_guidance(eps_c, eps_u, torch.tensor(guidance - 1.0))
-            return predict_x0(eps, x, alphas[t]), eps
+            x0_cu, eps_cu = parts.denoise(torch.cat([x, x]), tt, both, fps=fps2)
+            w = torch.tensor(guidance - 1.0)
+            return lcm_guidance(*x0_cu.chunk(2), w), lcm_guidance(*eps_cu.chunk(2), w)
 
         latents = ddim_cfg_sample(model, noises[0], timesteps, alphas, callback)
     if device.type == "cuda":

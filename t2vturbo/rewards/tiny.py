@@ -3,7 +3,7 @@
 - ``tiny-image``: frame-text contrastive. A small CNN embeds every frame on its own and the score is the mean
   over frames of the cosine similarity with the caption embedding, so it sees colour and shape and is blind to
   motion by construction (shuffling frames cannot change it).
-- ``tiny-video``: clip-text contrastive. A small 3D CNN embeds 4 strided frames at 8x8 pixels, so, like ViCLIP
+- ``tiny-video``: clip-text contrastive. A small 3D CNN embeds 4 strided frames at 6x6 pixels, so, like ViCLIP
   (8 frames at 224 px of a 256-px video, a coarse view), it is strong on motion and weaker on appearance: the
   shape is barely visible at that resolution.
 

@@ -19,6 +19,7 @@ FALLBACK_FRAMES, FALLBACK_FPS = 16, 8
 #: the file in a model folder that holds its sampling defaults (frames, fps, guidance)
 DEFAULTS_FILE = "t2vturbo_defaults.json"
 
+
 @dataclass
 class TeacherParts:
     """Everything a teacher (and so its student) needs besides the LoRA adapter."""
@@ -59,7 +60,7 @@ class TeacherParts:
     def schedule(self):
         from ..schedules import VPSchedule
 
-        return VPSchedule(self.alphas_cumprod)
+        return VPSchedule(self.alphas_cumprod, num_train_timesteps=len(self.alphas_cumprod))
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return encode_prompts(self, prompts)
