@@ -45,7 +45,7 @@ def score(
         raise ConfigError(f"name at least one reward with --reward NAME; available: {', '.join(available_rewards())}")
     from t2vturbo.names import torch_dtype
 
-    torch_dtype(dtype, "--dtype")
+    run_dtype = torch_dtype(dtype, "--dtype")
     checkpoints = {}
     for item in reward_checkpoint or []:
         name, sep, path = item.partition("=")
@@ -56,7 +56,6 @@ def score(
         checkpoints[name] = path
 
     quiet_libraries()
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from t2vturbo.score import score_across_processes
@@ -76,7 +75,7 @@ def score(
             prompts_file=prompts,
             batch_size=batch_size,
             device=parse_device(device),
-            dtype=getattr(torch, dtype),
+            dtype=run_dtype,
             checkpoints=checkpoints,
             max_frames=max_frames,
             on_progress=on_progress,

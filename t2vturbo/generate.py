@@ -72,12 +72,9 @@ def generate_videos(
         model = base_model_of(student_meta) or "tiny"
     parts = load_teacher(model, device=device, dtype=dt)
     if student is not None:
-        from .formats import load_any_student
-        from .student import merge_lora
+        from .formats import load_merged_student
 
-        load_any_student(student, parts)
-        merge_lora(parts.unet)  # an unmerged adapter costs ~50% more per UNet call
-        parts.unet.to(device=device, dtype=dt)
+        load_merged_student(student, parts).to(device=device, dtype=dt)
     mode = "teacher" if teacher or student is None and not has_guidance_projection(parts.unet) else "student"
     timesteps = None
     if not teacher and student is None:

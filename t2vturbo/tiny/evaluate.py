@@ -85,16 +85,13 @@ def _split(items: list, n: int) -> list[list]:
 @torch.no_grad()
 def generate(variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 48) -> tuple[torch.Tensor, list[str], float]:
     """Sample every prompt with every seed: (videos, captions, seconds per video)."""
-    from ..formats import load_any_student
+    from ..formats import load_merged_student
     from ..sampling import sample_video
     from ..teachers import load_teacher
 
     parts = load_teacher(variant.teacher)
     if variant.student:
-        from ..student import merge_lora
-
-        load_any_student(variant.student, parts)
-        merge_lora(parts.unet)
+        load_merged_student(variant.student, parts)
     shape = parts.native_video()
     # video (prompt k, seed s) uses generator seed s * 1000 + k
     jobs = [(p, s * 1000 + k) for s in seeds for k, p in enumerate(prompts)]
