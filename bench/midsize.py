@@ -47,7 +47,7 @@ def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2):
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from t2vturbo.schedules import scaled_linear_alphas_cumprod
+    from t2vturbo.schedules import VPSchedule
     from t2vturbo.teachers import TeacherParts
     from t2vturbo.tiny.teacher import load_tiny_tokenizer
 
@@ -67,7 +67,7 @@ def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2):
         m.requires_grad_(False)
         m.eval()
     return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        alphas_cumprod=scaled_linear_alphas_cumprod(), name="midsize-random")
+                        schedule=VPSchedule.standard(), name="midsize-random")
 
 
 def count_params(module: torch.nn.Module) -> int:

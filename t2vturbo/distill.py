@@ -27,20 +27,15 @@ import torch
 
 from .config import Recipe, dump_recipe
 from .consistency import (
-    add_noise,
     consistency_loss,
-    consistency_output,
-    ddim_step,
     guidance_embedding,
     lcm_guidance,
-    predict_x0,
 )
 from .data import make_stream, mix_seed
 from .errors import CheckpointError, ConfigError, TrainingError
 from .names import slugify, torch_dtype
 from .rewards import RewardModel, load_reward, strided_frame_indices
 from .safeio import atomic_path
-from .schedules import VPSchedule, solver_grid
 from .student import (
     LoraSettings,
     dropout_off,
@@ -51,7 +46,7 @@ from .student import (
     student_state_dict,
     trainable_parameters,
 )
-from .teachers import TeacherParts, call_unet, decode_latents, encode_pixels, encode_prompts, load_teacher
+from .teachers import TeacherParts, load_teacher
 from .train_state import (
     checkpoint_dir,
     list_checkpoints,
@@ -65,14 +60,21 @@ from .train_state import (
 
 def describe_plan(recipe: Recipe) -> list[str]:
     """Human-readable plan of a run (for --dry-run): what will be loaded and what each step does."""
+    from .teachers.wan import is_wan_spec
+
     d, v, t, lo = recipe.distill, recipe.video, recipe.train, recipe.lora
+    wan = is_wan_spec(recipe.model.teacher)
+    targets = ("every block's attention and FFN linears" if wan else "every Linear/Conv") \
+        if lo.target_modules == "all" else lo.target_modules
+    solver = (f"Euler on the flow velocity (docs/method.md §7), N={d.num_ddim_timesteps} shifted sigmas"
+              if wan else f"DDIM, N={d.num_ddim_timesteps}")
     lines = [
         f"teacher      {recipe.model.teacher} ({recipe.model.dtype}, device {recipe.model.device})",
         f"student      LoRA rank {lo.rank} alpha {lo.alpha or lo.rank} dropout {lo.dropout} on "
-        f"{'every Linear/Conv' if lo.target_modules == 'all' else lo.target_modules} + guidance projection "
+        f"{targets} + guidance projection "
         f"({d.guidance_embed_dim}-d w embedding)",
         f"video        {v.frames} frames {v.height}x{v.width} @ {v.fps} fps",
-        f"solver       DDIM, N={d.num_ddim_timesteps}, skip k={d.skip}, w ~ U[{d.w_min}, {d.w_max}], "
+        f"solver       {solver}, skip k={d.skip}, w ~ U[{d.w_min}, {d.w_max}], "
         f"{d.loss} loss" + (f" (c={d.huber_c})" if d.loss == "huber" else "") + f", {d.target} target",
         f"training     {t.max_steps} steps, batch {t.batch_size}/process, lr {t.learning_rate}, {t.optimizer}, "
         f"grad clip {t.grad_clip}, precision {t.mixed_precision}, seed {t.seed}",
@@ -175,9 +177,12 @@ class Distiller:
             self.ema = {n: p.detach().clone() for n, p in self.unet.named_parameters() if p.requires_grad}
 
         # 5. Schedule, unconditional embedding, data.
-        self.alphas = parts.alphas_cumprod.to(self.device, torch.float32)
-        self.solver_t = solver_grid(r.distill.num_train_timesteps, r.distill.num_ddim_timesteps).to(self.device)
-        self.uncond = encode_prompts(parts, [""])
+        self.schedule = parts.schedule
+        if r.distill.num_train_timesteps != self.schedule.num_train_timesteps:
+            raise ConfigError(f"distill.num_train_timesteps is {r.distill.num_train_timesteps} but the teacher's "
+                              f"schedule has {self.schedule.num_train_timesteps}; set it to match")
+        self.solver_t = self.schedule.solver_grid(r.distill.num_ddim_timesteps).to(self.device)
+        self.uncond = parts.encode_text([""])
         self.fps = torch.tensor([r.video.fps], device=self.device) if parts.default_fps is not None else None
         self.stream = make_stream(r, self.rank, self.world, log=self.log)
         self.ckpt_root = self.out / "checkpoints"
@@ -249,16 +254,16 @@ class Distiller:
 
         # 1. Encode the clip and the captions (frozen).
         with torch.no_grad():
-            latents = encode_pixels(parts, pixels.to(dev), generator=None)
-            cond = encode_prompts(parts, captions)
+            latents = parts.encode_video(pixels.to(dev))
+            cond = parts.encode_text(captions)
             uncond = self.uncond.expand(b, -1, -1)
 
         # 2. Sample a solver index, its timestep pair, the noise and w ~ U[w_min, w_max].
         index = torch.randint(0, d.num_ddim_timesteps, (b,), generator=gen).to(dev)
         t_start = self.solver_t[index]
-        t_end = (t_start - d.skip).clamp(min=0)
+        t_end = self.schedule.solver_end(t_start, d.skip, self.solver_t)
         noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
-        x_t = add_noise(latents, noise, self.alphas[t_start])
+        x_t = self.schedule.add_noise(latents, noise, t_start)
         w = d.w_min + (d.w_max - d.w_min) * torch.rand((b,), generator=gen)
         w_emb = guidance_embedding(w, d.guidance_embed_dim).to(dev, latents.dtype)
         fps = self.fps.expand(b) if self.fps is not None else None
@@ -266,10 +271,10 @@ class Distiller:
 
         x_prev, target = self.teacher_and_target(x_t, t_start, t_end, cond, uncond, w_dev, w_emb, fps)
 
-        # 5. Student's single-step prediction (with grad) at t_start.
+        # 5. Student's single-step prediction (with grad) at t_start, through the DDP wrapper.
         with self.acc.autocast():
-            eps_s = call_unet(self.ddp_unet, x_t, t_start, cond, timestep_cond=w_emb, fps=fps).float()
-        pred = consistency_output(x_t.float(), predict_x0(eps_s, x_t.float(), self.alphas[t_start]), t_start)
+            x0_s, _ = parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, fps=fps, network=self.ddp_unet)
+        pred = self.schedule.consistency_output(x_t.float(), x0_s.float(), t_start)
         loss_cd = consistency_loss(pred, target, d.loss, d.huber_c)
 
         # 6. Mixed reward feedback on the decoded single-step prediction (no sampling chain: bounded memory).
@@ -288,30 +293,30 @@ class Distiller:
         the consistency target there). Deterministic: the same inputs give the same outputs."""
         from .student import teacher_mode
 
-        unet = self.unet
+        parts = self.parts
         for m in self.base_dropouts:  # whatever called .train() on the UNet since setup
             m.eval()
         with dropout_off(self.lora_dropouts):
             # 3. Teacher (adapter off, no guidance embedding): cond and uncond in ONE batched forward,
             #    CFG in the LCM form on x0 and eps, then one DDIM step t_start -> t_end.
-            with teacher_mode(unet), self.acc.autocast():
-                eps_cu = call_unet(unet, torch.cat([x_t, x_t]), torch.cat([t_start, t_start]),
-                                   torch.cat([cond, uncond]), fps=None if fps is None else torch.cat([fps, fps]))
+            with teacher_mode(self.unet), self.acc.autocast():
+                x0_cu, eps_cu = parts.denoise(torch.cat([x_t, x_t]), torch.cat([t_start, t_start]),
+                                              torch.cat([cond, uncond]),
+                                              fps=None if fps is None else torch.cat([fps, fps]))
+            x0_c, x0_u = x0_cu.float().chunk(2)
             eps_c, eps_u = eps_cu.float().chunk(2)
-            a_start = self.alphas[t_start]
-            x0_c, x0_u = predict_x0(eps_c, x_t.float(), a_start), predict_x0(eps_u, x_t.float(), a_start)
             x0_g, eps_g = lcm_guidance(x0_c, x0_u, w), lcm_guidance(eps_c, eps_u, w)
-            x_prev = ddim_step(x0_g, eps_g, self.alphas[t_end]).to(x_t.dtype)
+            x_prev = self.schedule.step(x0_g, eps_g, t_end).to(x_t.dtype)
 
             # 4. Target: the consistency function at (x_prev, t_end) from the online student (or its EMA).
             with self._ema_weights(), self.acc.autocast():
-                eps_tgt = call_unet(unet, x_prev, t_end, cond, timestep_cond=w_emb, fps=fps).float()
-            target = consistency_output(x_prev.float(), predict_x0(eps_tgt, x_prev.float(), self.alphas[t_end]), t_end)
+                x0_tgt, _ = parts.denoise(x_prev, t_end, cond, guidance_cond=w_emb, fps=fps)
+            target = self.schedule.consistency_output(x_prev.float(), x0_tgt.float(), t_end)
         return x_prev, target
 
     def _reward_terms(self, pred: torch.Tensor, captions: list[str], gen: torch.Generator):
         """Decode only the frames the rewards need, once; return sum(beta * R) and the per-reward means."""
-        f = pred.shape[2]
+        f = (pred.shape[2] - 1) * getattr(self.parts, "temporal_factor", 1) + 1  # pixel frames (Wan: 1 + 4k)
         wanted: dict[int, list[int]] = {}
         for i, (rc, model) in enumerate(self.rewards):
             if model.kind == "image":
@@ -320,8 +325,7 @@ class Distiller:
             else:
                 wanted[i] = strided_frame_indices(f, rc.frames or model.num_frames or f)
         union = sorted({j for idx in wanted.values() for j in idx})
-        pixels = decode_latents(self.parts, pred.to(self.parts.dtype), frames=union,
-                                chunk=self.recipe.train.decode_chunk)
+        pixels = self.parts.decode_video(pred.to(self.parts.dtype), frames=union, chunk=self.recipe.train.decode_chunk)
         pos = {j: k for k, j in enumerate(union)}
         total = pred.new_zeros(())
         vals = {}
@@ -474,7 +478,7 @@ class Distiller:
         return {
             "base_model": r.model.teacher,
             "guidance_embed_dim": r.distill.guidance_embed_dim,
-            "schedule": {**VPSchedule.standard().describe(), "num_train_timesteps": r.distill.num_train_timesteps,
+            "schedule": {**self.schedule.describe(), "num_train_timesteps": r.distill.num_train_timesteps,
                          "origin_steps": r.distill.num_ddim_timesteps},
             "default_steps": r.sample.steps,
             "default_guidance": r.sample.guidance,

@@ -11,19 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .consistency import (
-    add_noise,
-    consistency_output,
-    ddim_step,
     guidance_embedding,
     lcm_guidance,
 )
 from .errors import ConfigError
-from .schedules import consistency_timesteps, ddim_timesteps
-from .teachers import TeacherParts, decode_latents, encode_prompts
+from .teachers import TeacherParts
 
 
 @dataclass
@@ -37,6 +34,9 @@ class SampleOutput:
 
 
 def latent_shape(parts: TeacherParts, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(C, F, h, w) of a clip's latents; a teacher with its own rule (Wan: causal time compression) says so."""
+    if hasattr(parts, "latent_shape"):
+        return parts.latent_shape(frames, height, width)
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     if height % factor or width % factor:
         raise ConfigError(f"--height and --width must be multiples of {factor} for this model's VAE "
@@ -57,32 +57,91 @@ def make_generators(n: int, seed: int | Sequence[int] | None) -> list[torch.Gene
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], count: int) -> list[torch.Tensor]:
+def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], count: int,
+               frame_major: bool = True) -> list[torch.Tensor]:
     """``count`` noise tensors of (B, C, F, h, w), each video drawing from its own generator in step order.
 
-    The initial latents are drawn as (C, F, h, w); every later (re-noising) draw as (F, C, h, w) and permuted,
-    because diffusers' video pipelines step the scheduler on frame-major latents: same numbers, same order.
+    The initial latents are drawn as (C, F, h, w). With ``frame_major`` every later (re-noising) draw is
+    (F, C, h, w), permuted, from the same generator, because diffusers' UNet3D video pipeline steps the scheduler
+    on frame-major latents with the user's generator. Without it (Wan), the re-noising draws are (C, F, h, w)
+    from a second generator in the video's starting state: stock WanPipeline's FlowMatchLCMScheduler re-noises
+    from torch's global generator, so ``torch.manual_seed(seed)`` before a one-prompt call gives the same numbers.
     """
     c, f, h, w = shape
     per_video = []
     for g in generators:
+        if not frame_major:
+            second = torch.Generator().set_state(g.get_state())
         draws = [torch.randn((1, c, f, h, w), generator=g)]
-        draws += [torch.randn((1, f, c, h, w), generator=g).permute(0, 2, 1, 3, 4) for _ in range(count - 1)]
+        if frame_major:
+            draws += [torch.randn((1, f, c, h, w), generator=g).permute(0, 2, 1, 3, 4) for _ in range(count - 1)]
+        else:
+            draws += [torch.randn((1, c, f, h, w), generator=second) for _ in range(count - 1)]
         per_video.append(draws)
     return [torch.cat([pv[k] for pv in per_video]).contiguous() for k in range(count)]
 
 
-def has_guidance_projection(unet) -> bool:
-    """Whether ``unet`` carries a student's guidance projection (``time_embedding.cond_proj``)."""
-    te = getattr(unet, "time_embedding", None)
-    return te is not None and getattr(te, "cond_proj", None) is not None
+def guidance_projection(network) -> torch.nn.Module | None:
+    """A student's guidance projection: ``time_embedding.cond_proj`` of a UNet, or
+    ``condition_embedder.time_embedder.cond_proj`` of a Wan transformer; None on a plain teacher."""
+    net = getattr(network, "module", network)
+    te = getattr(net, "time_embedding", None)
+    if te is None and hasattr(net, "condition_embedder"):
+        te = net.condition_embedder.time_embedder
+    return getattr(te, "cond_proj", None) if te is not None else None
+
+
+def has_guidance_projection(network) -> bool:
+    """Whether ``network`` carries a student's guidance projection."""
+    return guidance_projection(network) is not None
+
+
+Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class CountingDenoiser:
+    """``model(x, t) -> (x0, eps)`` for a batch of ``n`` videos, counting its calls (one UNet forward each)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], n: int):
+        self.fn, self.n, self.calls = fn, n, 0
+
+    def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        dtype = torch.long if isinstance(t, int) else torch.float32  # flow timesteps are floats
+        return self.fn(x, torch.full((self.n,), t, device=x.device, dtype=dtype))
+
+
+def student_denoiser(parts: TeacherParts, cond: torch.Tensor, guidance: float,
+                     fps: torch.Tensor | None) -> CountingDenoiser:
+    """The student's f(x, t): guidance enters through its guidance embedding (one forward, no CFG batch)."""
+    n = cond.shape[0]
+    w_emb = None
+    proj = guidance_projection(parts.unet)
+    if proj is not None:
+        w = torch.full((n,), float(guidance))
+        w_emb = guidance_embedding(w, proj.in_features).to(parts.device, parts.dtype)
+    return CountingDenoiser(lambda x, t: parts.denoise(x, t, cond, guidance_cond=w_emb, fps=fps), n)
+
+
+def guided_denoiser(parts: TeacherParts, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
+                    fps: torch.Tensor | None) -> CountingDenoiser:
+    """The teacher with classifier-free guidance: cond and uncond in one batched forward, CFG on (x0, eps)."""
+    both = torch.cat([cond, uncond])
+    fps2 = torch.cat([fps, fps]) if fps is not None else None
+    w = torch.tensor(guidance - 1.0)
+
+    def fn(x, t):
+        x0_cu, eps_cu = parts.denoise(torch.cat([x, x]), torch.cat([t, t]), both, fps=fps2)
+        return lcm_guidance(*x0_cu.chunk(2), w), lcm_guidance(*eps_cu.chunk(2), w)
+
+    return CountingDenoiser(fn, cond.shape[0])
 
 
 def consistency_sample(
-    model: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+    model: Denoiser,
     latents: torch.Tensor,
     timesteps: Sequence[int],
-    alphas_cumprod: torch.Tensor,
+    schedule: Any,
     noises: Sequence[torch.Tensor],
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -92,35 +151,37 @@ def consistency_sample(
         model: the denoiser, ``model(x, t) -> (x0, eps)`` (a :class:`~t2vturbo.teachers.Teacher`'s ``denoise``).
         latents: x_T (B, C, F, h, w).
         timesteps: decreasing, e.g. [999, 759, 519, 279].
+        schedule: the teacher's schedule (its ``consistency_output`` and ``add_noise``).
         noises: len(timesteps) - 1 fresh noise tensors for the re-noising steps.
     """
     x = latents
     denoised = latents
     for i, t in enumerate(timesteps):
         x0, _ = model(x, t)
-        denoised = consistency_output(x, x0, torch.tensor([t], device=x.device))
+        denoised = schedule.consistency_output(x, x0, t)
         if i + 1 < len(timesteps):
-            x = add_noise(denoised, noises[i], alphas_cumprod[timesteps[i + 1]])
+            x = schedule.add_noise(denoised, noises[i], timesteps[i + 1])
         if callback is not None:
             callback(i, t, denoised)
     return denoised
 
 
 def ddim_cfg_sample(
-    model: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+    model: Denoiser,
     latents: torch.Tensor,
     timesteps: Sequence[int],
-    alphas_cumprod: torch.Tensor,
+    schedule: Any,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) over ``timesteps`` (decreasing); ``model(x, t) -> (x0, eps)`` already applies
-    CFG."""
+    """Deterministic DDIM (eta 0; an Euler step for a flow schedule) over ``timesteps`` (decreasing);
+    ``model(x, t) -> (x0, eps)`` already applies CFG. Each step lands where the schedule's ``ddim_targets`` says
+    (diffusers' rule), else on the next timestep."""
     x = latents
-    final_alpha = alphas_cumprod[0]
+    targets = (schedule.ddim_targets(list(timesteps)) if hasattr(schedule, "ddim_targets")
+               else [*timesteps[1:], None])
     for i, t in enumerate(timesteps):
         x0, eps = model(x, t)
-        a_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else final_alpha
-        x = ddim_step(x0, eps, a_prev)
+        x = schedule.step(x0, eps, targets[i])
         if callback is not None:
             callback(i, t, x0)
     return x
@@ -167,58 +228,36 @@ def sample_video(
     t0 = time.perf_counter()
     shape = latent_shape(parts, frames, height, width)
     if timesteps is None:
-        timesteps = (consistency_timesteps(steps, origin_steps=origin_steps) if mode == "student"
-                     else ddim_timesteps(steps))
-    timesteps = [int(t) for t in timesteps]
+        timesteps = (parts.schedule.consistency_timesteps(steps, origin_steps=origin_steps) if mode == "student"
+                     else parts.schedule.ddim_timesteps(steps))
+    timesteps = [t if isinstance(t, float) else int(t) for t in timesteps]
     generators = make_generators(n, seed)
-    noises = draw_noise(generators, shape, len(timesteps) if mode == "student" else 1)
+    noises = draw_noise(generators, shape, len(timesteps) if mode == "student" else 1,
+                        frame_major=getattr(parts, "renoise_frame_major", True))
     noises = [z.to(device=device, dtype=dtype) for z in noises]
-    alphas = parts.alphas_cumprod.to(device=device, dtype=torch.float32)
     fps_value = fps if fps is not None else parts.default_fps
     fps_t = torch.full((n,), fps_value, device=device, dtype=torch.long) if fps_value is not None else None
 
-    cond = encode_prompts(parts, list(prompts))
+    cond = parts.encode_text(list(prompts))
     seconds["text"] = time.perf_counter() - t0
-    calls = 0
     t1 = time.perf_counter()
     if mode == "student":
-        w_emb = None
-        if has_guidance_projection(parts.unet):
-            w = torch.full((n,), float(guidance))
-            w_emb = guidance_embedding(w, parts.unet.time_embedding.cond_proj.in_features).to(device=device, dtype=dtype)
-
-        def model(x, t):
-            nonlocal calls
-            calls += 1
-            tt = torch.full((n,), t, device=device, dtype=torch.long)
-            return parts.denoise(x, tt, cond, guidance_cond=w_emb, fps=fps_t)
-
-        latents = consistency_sample(model, noises[0], timesteps, alphas, noises[1:], callback)
+        model = student_denoiser(parts, cond, guidance, fps_t)
+        latents = consistency_sample(model, noises[0], timesteps, parts.schedule, noises[1:], callback)
     else:
-        uncond = encode_prompts(parts, [negative_prompt] * n)
-        both = torch.cat([cond, uncond])
-        fps2 = torch.cat([fps_t, fps_t]) if fps_t is not None else None
-
-        def model(x, t):
-            nonlocal calls
-            calls += 1
-            tt = torch.full((2 * n,), t, device=device, dtype=torch.long)
-            x0_cu, eps_cu = parts.denoise(torch.cat([x, x]), tt, both, fps=fps2)
-            w = torch.tensor(guidance - 1.0)
-            return lcm_guidance(*x0_cu.chunk(2), w), lcm_guidance(*eps_cu.chunk(2), w)
-
-        latents = ddim_cfg_sample(model, noises[0], timesteps, alphas, callback)
+        model = guided_denoiser(parts, cond, parts.encode_text([negative_prompt] * n), guidance, fps_t)
+        latents = ddim_cfg_sample(model, noises[0], timesteps, parts.schedule, callback)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds["unet"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if decode:
-        videos = decode_latents(parts, latents, chunk=decode_chunk).clamp(0, 1).float().cpu()
+        videos = parts.decode_video(latents, chunk=decode_chunk).clamp(0, 1).float().cpu()
     else:
         videos = latents.float().cpu()
     seconds["decode"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
-    return SampleOutput(videos=videos, timesteps=timesteps, unet_calls=calls, seconds=seconds)
+    return SampleOutput(videos=videos, timesteps=timesteps, unet_calls=model.calls, seconds=seconds)
 
 
 #: what ``sample`` falls back to when neither the student nor the model records a value

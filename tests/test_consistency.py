@@ -40,6 +40,52 @@ def test_schedule_configs_round_trip_through_diffusers():
     assert VPSchedule.from_scheduler_config(schedule.scheduler_config()).describe() == schedule.describe()
 
 
+def test_zero_snr_v_prediction_schedule_matches_diffusers():
+    """The tiny teacher's schedule: betas rescaled to zero terminal SNR, v-prediction, trailing DDIM spacing."""
+    import pytest
+    from diffusers import DDIMScheduler, LCMScheduler
+
+    from t2vturbo.errors import ConfigError
+    from t2vturbo.tiny.teacher import ZERO_SNR_SCHEDULER_CONFIG as SCHEDULER_CONFIG
+
+    schedule = VPSchedule.from_scheduler_config(SCHEDULER_CONFIG)
+    assert schedule.prediction_type == "v_prediction" and schedule.zero_snr
+    ddim = DDIMScheduler.from_config(schedule.scheduler_config())
+    torch.testing.assert_close(ddim.alphas_cumprod, schedule.alphas_cumprod, atol=1e-6, rtol=0)
+    assert float(schedule.alphas_cumprod[-1]) == 0.0  # the last timestep is pure noise
+    for n in (1, 4, 7, 50):
+        ddim.set_timesteps(n)
+        assert [int(t) for t in ddim.timesteps] == schedule.ddim_timesteps(n)
+    assert schedule.ddim_timesteps(4) == [999, 749, 499, 249]
+    lcm = LCMScheduler.from_config(schedule.lcm_scheduler_config(50))
+    assert lcm.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(lcm.alphas_cumprod, schedule.alphas_cumprod, atol=1e-6, rtol=0)
+    # v target and its inverse, against diffusers' get_velocity; finite at the pure-noise step
+    x0, noise = torch.randn(3, 4, 2, 3, 3), torch.randn(3, 4, 2, 3, 3)
+    t = torch.tensor([0, 500, 999])
+    v = schedule.training_target(x0, noise, t)
+    torch.testing.assert_close(v, ddim.get_velocity(x0, noise, t), atol=1e-6, rtol=1e-5)
+    x_t = schedule.add_noise(x0, noise, t)
+    got_x0, got_eps = schedule.to_x0_eps(v, x_t, t)
+    torch.testing.assert_close(got_x0, x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_eps, noise, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="v_prediction"):
+        VPSchedule.from_scheduler_config({**SCHEDULER_CONFIG, "prediction_type": "epsilon"})
+    with pytest.raises(ConfigError, match="prediction_type"):
+        VPSchedule.from_scheduler_config({**SCHEDULER_CONFIG, "prediction_type": "sample"})
+
+
+def test_epsilon_schedule_to_x0_eps_is_predict_x0():
+    schedule = VPSchedule.standard()
+    x0, eps = torch.randn(2, 4, 3, 5, 5), torch.randn(2, 4, 3, 5, 5)
+    t = torch.tensor([10, 900])
+    x_t = schedule.add_noise(x0, eps, t)
+    torch.testing.assert_close(x_t, add_noise(x0, eps, schedule.alphas_cumprod[t]))
+    got_x0, got_eps = schedule.to_x0_eps(eps, x_t, t)
+    torch.testing.assert_close(got_x0, predict_x0(eps, x_t, schedule.alphas_cumprod[t]))
+    assert torch.equal(got_eps, eps) and torch.equal(schedule.training_target(x0, eps, t), eps)
+
+
 def test_boundary_scalings():
     c_skip, c_out = boundary_scalings(torch.tensor([0, 1, 999]))
     assert c_skip[0] == 1 and c_out[0] == 0

@@ -46,7 +46,8 @@ def test_teacher_cfg_is_one_batched_call_per_step(parts):
         out = sample_video(parts, ["a", "b"], steps=5, mode="teacher", frames=2, height=32, width=32)
     finally:
         handle.remove()
-    assert len(calls) == 5 and out.timesteps == ddim_timesteps(5) == [801, 601, 401, 201, 1]
+    assert len(calls) == 5 and out.timesteps == parts.schedule.ddim_timesteps(5) == ddim_timesteps(5) \
+        == [801, 601, 401, 201, 1]
 
 
 def test_same_seed_same_video_different_seed_differs(parts):
@@ -93,3 +94,35 @@ def test_sample_cli_bad_student_is_one_line(tmp_path):
                                    "--frames", "2", "--height", "32", "--width", "32"])
     assert res.exit_code == 2
     assert "student not found" in res.output and "Traceback" not in res.output
+
+
+def test_v_prediction_zero_snr_teacher_matches_stock_diffusers(tmp_path):
+    """A UNet3D teacher on the zero-terminal-SNR v-prediction schedule samples as stock diffusers does
+    (TextToVideoSDPipeline + DDIMScheduler with rescale_betas_zero_snr, trailing spacing): the prediction type is
+    converted in one place (VPSchedule.to_x0_eps)."""
+    import json
+
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    from t2vturbo.schedules import VPSchedule
+    from t2vturbo.tiny import build_tiny_teacher
+    from t2vturbo.tiny.teacher import ZERO_SNR_SCHEDULER_CONFIG
+
+    parts = build_tiny_teacher(seed=3)
+    parts.schedule = VPSchedule.from_scheduler_config(ZERO_SNR_SCHEDULER_CONFIG)
+    prompt = "a green square moving down"
+    ours = sample_video(parts, [prompt], steps=3, guidance=7.5, mode="teacher", frames=2, height=24, width=24,
+                        seed=9)
+    assert ours.timesteps == [999, 666, 332]
+    diffusers_logging.set_verbosity_error()
+    pipe = TextToVideoSDPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                 unet=parts.unet, scheduler=DDIMScheduler.from_config(ZERO_SNR_SCHEDULER_CONFIG))
+    pipe.vae.register_to_config(scaling_factor=parts.vae_scale)
+    pipe.set_progress_bar_config(disable=True)
+    stock = pipe(prompt, num_inference_steps=3, guidance_scale=7.5, num_frames=2, height=24, width=24,
+                 generator=torch.Generator().manual_seed(9), output_type="pt").frames
+    # CFG 7.5 on a random UNet magnifies float32 rounding (diffusers guides v, we guide the (x0, eps) it gives)
+    diff = (ours.videos - stock).abs()
+    assert diff.mean() < 1e-4 and diff.max() < 5e-3, (float(diff.mean()), float(diff.max()))
+    assert json.dumps(parts.schedule.describe())  # what a student records is JSON

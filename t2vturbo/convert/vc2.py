@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..safeio import atomic_path, load_torch_file
-from ..schedules import DDIM_SCHEDULER_CONFIG, scaled_linear_alphas_cumprod
+from ..schedules import DDIM_SCHEDULER_CONFIG, VPSchedule, scaled_linear_alphas_cumprod
 from ..teachers.fps import DEFAULT_FPS, save_fps_embedding
 from ..teachers.parts import TeacherParts
 from .ldm_vae import build_vae
@@ -52,7 +52,7 @@ def convert_vc2_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch
     for m in (unet, vae, text_encoder):
         m.eval().requires_grad_(False)
     return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        alphas_cumprod=alphas_cumprod, name="videocrafter2", vae_scale=0.18215,
+                        schedule=VPSchedule(alphas_cumprod), name="videocrafter2", vae_scale=0.18215,
                         default_fps=default_fps if hasattr(unet, "fps_embedding") else None)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..schedules import VPSchedule
+
 VAE_SCALE = 0.18215
 #: frames and fps when neither the student nor the model says (ModelScope's and VideoCrafter2's 16 frames)
 FALLBACK_FRAMES, FALLBACK_FPS = 16, 8
@@ -28,7 +30,8 @@ class TeacherParts:
     vae: nn.Module
     text_encoder: nn.Module
     tokenizer: Any
-    alphas_cumprod: torch.Tensor
+    #: the noise schedule and what the UNet predicts (epsilon or v), read from the folder's scheduler config
+    schedule: VPSchedule
     name: str = "custom"
     vae_scale: float = VAE_SCALE
     #: fps fed to an fps-conditioned UNet (VideoCrafter2); None for ModelScope-style models
@@ -55,12 +58,11 @@ class TeacherParts:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    # ------------------------------------------------------------------ the Teacher protocol (teachers/base.py)
     @property
-    def schedule(self):
-        from ..schedules import VPSchedule
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.schedule.alphas_cumprod
 
-        return VPSchedule(self.alphas_cumprod, num_train_timesteps=len(self.alphas_cumprod))
+    # ------------------------------------------------------------------ the Teacher protocol (teachers/base.py)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return encode_prompts(self, prompts)
@@ -72,13 +74,14 @@ class TeacherParts:
         return decode_latents(self, latents, frames, chunk)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_cond: torch.Tensor | None = None,
-                fps: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                fps: torch.Tensor | int | None = None, network: nn.Module | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) of the UNet at ``x`` (B, C, F, h, w), timesteps ``t`` (B,), text states ``text``;
-        ``guidance_cond`` is a student's guidance embedding, ``fps`` VideoCrafter2's frame rate."""
-        from ..consistency import predict_x0
-
-        eps = call_unet(self.unet, x, t, text, timestep_cond=guidance_cond, fps=fps)
-        return predict_x0(eps, x, self.alphas_cumprod[t]), eps
+        ``guidance_cond`` is a student's guidance embedding, ``fps`` VideoCrafter2's frame rate; ``network`` runs
+        instead of ``self.unet`` (its DDP wrapper while distilling). The UNet's own output (epsilon or v, as the
+        schedule says) is converted by :meth:`VPSchedule.to_x0_eps`."""
+        out = call_unet(network if network is not None else self.unet, x, t, text, timestep_cond=guidance_cond, fps=fps)
+        return self.schedule.to_x0_eps(out, x, t)
 
     def to(self, device=None, dtype=None) -> TeacherParts:
         for m in (self.unet, self.vae, self.text_encoder):
@@ -86,7 +89,7 @@ class TeacherParts:
             if (device is not None and p.device != torch.device(device)) or (dtype is not None and p.dtype != dtype):
                 m.to(device=device, dtype=dtype)
         if device is not None:
-            self.alphas_cumprod = self.alphas_cumprod.to(device)
+            self.schedule.to(device)
         return self
 
 

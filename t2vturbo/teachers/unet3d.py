@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import MissingWeightError
 from ..hub import resolve_pretrained_dir
-from ..schedules import alphas_cumprod_from_scheduler_config
+from ..schedules import VPSchedule
 from .fps import load_fps_embedding
 from .parts import DEFAULTS_FILE, VAE_SCALE, TeacherParts
 
@@ -44,5 +44,5 @@ def load_diffusers_teacher(spec: str) -> TeacherParts:
     defaults_path = root / DEFAULTS_FILE
     stored = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
     return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        alphas_cumprod=alphas_cumprod_from_scheduler_config(sched_cfg), name=str(spec),
+                        schedule=VPSchedule.from_scheduler_config(sched_cfg), name=str(spec),
                         vae_scale=vae_scale, default_fps=default_fps, extra=extra, stored_defaults=stored)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..schedules import DDIM_SCHEDULER_CONFIG, scaled_linear_alphas_cumprod
+from ..schedules import DDIM_SCHEDULER_CONFIG, VPSchedule
 
 TINY_WEIGHTS_DIR = Path(__file__).parent / "weights"
 TEACHER_DIR = TINY_WEIGHTS_DIR / "teacher"
@@ -61,6 +61,12 @@ TEACHER_GUIDANCE = 7.5
 STORED_DEFAULTS = {"frames": FRAMES, "fps": FPS, "guidance": TEACHER_GUIDANCE}
 #: the tiny teacher uses the same DDIM schedule as ModelScope and VideoCrafter2
 SCHEDULER_CONFIG = DDIM_SCHEDULER_CONFIG
+#: the zero-terminal-SNR, v-prediction variant (``scripts/train_tiny_teacher.py --zero-snr``), tried for motion:
+#: under the standard schedule the last timestep keeps sqrt(alpha_bar) = 0.068 of the clip, enough to locate the
+#: object in every frame, so the teacher reads the motion from its input and never from the caption. Trained this
+#: way (1600 steps) it drew static objects instead (README, "Why the first tiny teacher was weak").
+ZERO_SNR_SCHEDULER_CONFIG = {**DDIM_SCHEDULER_CONFIG, "prediction_type": "v_prediction",
+                             "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 
 
 def write_tiny_tokenizer(folder: Path) -> None:
@@ -121,7 +127,7 @@ def build_tiny_teacher(seed: int = 0):
         )
         text_encoder = CLIPTextModel(text_cfg)
     return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        alphas_cumprod=scaled_linear_alphas_cumprod(), name="tiny", vae_scale=1.0,
+                        schedule=VPSchedule.from_scheduler_config(SCHEDULER_CONFIG), name="tiny", vae_scale=1.0,
                         stored_defaults=dict(STORED_DEFAULTS))
 
 
