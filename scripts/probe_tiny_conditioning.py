@@ -43,11 +43,11 @@ def probe(teacher: str, n: int, seed: int, timesteps: list[int]) -> list[dict]:
     rows = []
     for t in timesteps:
         a = parts.alphas_cumprod[t]
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=gen)
+        tt = torch.full((n,), t)
+        xt = parts.schedule.add_noise(x0, torch.randn(x0.shape, generator=gen), tt)
         row = {"t": t, "snr": float(a / (1 - a))}
         for k, e in embeds.items():
-            eps = parts.unet(xt, torch.full((n,), t), encoder_hidden_states=e).sample
-            row[k] = float((((xt - (1 - a).sqrt() * eps) / a.sqrt() - x0) ** 2).mean())
+            row[k] = float(((parts.denoise(xt, tt, e)[0] - x0) ** 2).mean())
         rows.append(row)
     return rows
 
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="tiny")
     ap.add_argument("--clips", type=int, default=32)
     ap.add_argument("--seed", type=int, default=4242)
-    ap.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950, 990])
+    ap.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950, 999])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

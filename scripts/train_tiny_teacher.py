@@ -7,7 +7,8 @@ Stages (run in order; ``all`` runs the three):
         judge read right (all three) 16-19% of the time, and 100 decoder steps from the analytic init took the
         analytic 78% down to 72%), and set
         ``scaling_factor`` so latents have unit std.
-  unet  train the UNet3DConditionModel (UNET_CONFIG) with the epsilon-prediction DDPM loss on VAE latents of
+  unet  train the UNet3DConditionModel (UNET_CONFIG) with the DDPM loss of the tiny schedule (v-prediction on
+        betas rescaled to zero terminal SNR, tiny.SCHEDULER_CONFIG; min-SNR-gamma weights) on VAE latents of
         world clips, 10% of captions dropped to "" so classifier-free guidance works. The CLIP text encoder is
         the random, frozen one of ``build_tiny_teacher(seed)`` (word-level tokens make its states distinct).
   eval  sample every caption of the world with DDIM + CFG (4 and 50 steps) and score with the analytic judge.
@@ -248,8 +249,9 @@ def _update_stats(out: Path, stats: dict) -> None:
 def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: float, snr_gamma: float,
                stop_after: int | None = None, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
                eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
-               extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800) -> None:
-    """DDPM epsilon training of the UNet. Every random draw of step ``i`` comes from (seed, i), so a run stopped
+               extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800,
+               zero_snr: bool = False) -> None:
+    """DDPM training of the UNet (the prediction type of tiny.SCHEDULER_CONFIG). Every random draw of step ``i`` comes from (seed, i), so a run stopped
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
     ``extend`` more steps after the ``steps`` of the first cosine schedule run a second one (warm restart to
@@ -261,7 +263,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from safetensors.torch import load_file, save_file
 
-    from t2vturbo.schedules import scaled_linear_alphas_cumprod
+    from t2vturbo.schedules import VPSchedule
     from t2vturbo.teachers import DEFAULTS_FILE, encode_pixels, encode_prompts
 
     parts = tiny.build_tiny_teacher(seed)  # random frozen text encoder + tokenizer
@@ -271,7 +273,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     parts.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     tiny.write_tiny_tokenizer(out / "tokenizer")  # vocab.json + merges.txt: readable by any CLIPTokenizer
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(tiny.SCHEDULER_CONFIG, indent=1))
+    sched_cfg = tiny.ZERO_SNR_SCHEDULER_CONFIG if zero_snr else tiny.SCHEDULER_CONFIG
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=1))
     (out / DEFAULTS_FILE).write_text(json.dumps(tiny.STORED_DEFAULTS, indent=1))
 
     captions = all_captions()
@@ -284,7 +287,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     unet.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    alphas = scaled_linear_alphas_cumprod()
+    schedule = VPSchedule.from_scheduler_config(sched_cfg)
+    alphas = schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
     start, elapsed, running = 0, 0.0, None
     ckpt = checkpoint_dir / "unet-train.safetensors" if checkpoint_dir else None
@@ -292,7 +296,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         state = load_file(ckpt)
         meta = json.loads(ckpt.with_suffix(".json").read_text())
         if (meta["steps"] != steps or meta["batch"] != batch or meta["lr"] != lr or meta["seed"] != seed
-                or meta.get("high_frac", 0.0) != high_frac or meta.get("high_from", 800) != high_from):
+                or meta.get("high_frac", 0.0) != high_frac or meta.get("high_from", 800) != high_from
+                or meta.get("zero_snr", False) != zero_snr):
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
@@ -316,7 +321,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         save_file(tensors, tmp)
         meta = {"step": step, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "running": running,
-                "high_frac": high_frac, "high_from": high_from,
+                "high_frac": high_frac, "high_from": high_from, "zero_snr": zero_snr,
                 "elapsed": elapsed + time.time() - t0}
         ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
         tmp.replace(ckpt)
@@ -345,10 +350,17 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        # 3. epsilon loss with min-SNR-gamma weights (converges faster in few steps)
-        eps = unet(xt, t, encoder_hidden_states=cond).sample
-        w = torch.clamp(snr[t], max=snr_gamma) / snr[t]
-        loss = (w * (eps - noise).pow(2).mean(dim=(1, 2, 3, 4))).mean()
+        # 3. loss on the schedule's target. In x0 terms: epsilon with min-SNR-gamma weights (Hang et al. 2023) is
+        # min(snr, g), which all but ignores the noisiest steps (x0 weight ~snr); v-prediction gets the truncated
+        # "snr + 1" weight min(snr + 1, g), so at pure noise the x0 error still counts 1/g of the most: that is
+        # where the caption alone must decide where the object is and which way it goes.
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        target = schedule.training_target(x0, noise, t)
+        if schedule.prediction_type == "v_prediction":
+            w = torch.clamp(snr[t] + 1, max=snr_gamma) / (snr[t] + 1)
+        else:
+            w = torch.clamp(snr[t], max=snr_gamma) / snr[t]
+        loss = (w * (pred - target).pow(2).mean(dim=(1, 2, 3, 4))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -453,6 +465,8 @@ def main() -> None:
     ap.add_argument("--high-noise-frac", type=float, default=0.0,
                     help="fraction of samples whose timestep is drawn from [--high-noise-from, 1000)")
     ap.add_argument("--high-noise-from", type=int, default=800)
+    ap.add_argument("--zero-snr", action="store_true",
+                    help="train on the zero-terminal-SNR v-prediction schedule (tiny.ZERO_SNR_SCHEDULER_CONFIG)")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -468,7 +482,7 @@ def main() -> None:
         train_unet(args.out, args.seed, args.unet_steps, args.unet_batch, args.unet_lr, args.caption_dropout,
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
                    guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
-                   high_frac=args.high_noise_frac, high_from=args.high_noise_from)
+                   high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 
