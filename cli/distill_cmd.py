@@ -26,12 +26,14 @@ def distill(
     r = load_recipe(recipe, overrides or [], check=not dry_run)
     out = output_dir or Path(r.output_dir)
     if dry_run:
-        from t2vturbo.config import missing_files
+        from t2vturbo.config import downloads, missing_files
         from t2vturbo.distill import describe_plan
 
         console.print(f"[bold]plan[/] for {recipe} -> {out}", highlight=False)
         for line in describe_plan(r):
             console.print("  " + line, highlight=False)
+        for cmd in downloads(r):
+            console.print(f"  download     {cmd}", highlight=False)
         problems = missing_files(r)
         for p in problems:
             console.print(f"  [yellow]missing[/] {p}", highlight=False)

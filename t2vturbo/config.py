@@ -349,6 +349,36 @@ def missing_files(recipe: Recipe) -> list[str]:
     return problems
 
 
+#: what each built-in reward reads when its checkpoint is not given (hub repo, file; file None = whole repo)
+REWARD_DOWNLOADS = {
+    "hpsv2": [("xswu/HPSv2", "HPS_v2_compressed.pt")],
+    "hpsv2.1": [("xswu/HPSv2", "HPS_v2.1_compressed.pt")],
+    "clip": [("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip_model.safetensors")],
+    "pickscore": [("yuvalkirstain/PickScore_v1", None), ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", None)],
+    "viclip": [("OpenGVLab/ViCLIP", "ViClip-InternVid-10M-FLT.pth")],
+    "internvideo2": [("OpenGVLab/InternVideo2-Stage2_1B-224p-f4", "InternVideo2-stage2_1b-224p-f4.pt"),
+                     ("google-bert/bert-large-uncased", "vocab.txt")],
+}
+BUILT_IN_TEACHERS = ("tiny", "tiny-wan")
+
+
+def downloads(recipe: Recipe) -> list[str]:
+    """The ``hf download`` commands a recipe's weights need on a fresh machine (teacher hub id, reward files
+    without an explicit checkpoint); the built-in tiny models need none."""
+    cmds = []
+    teacher = recipe.model.teacher
+    if teacher not in BUILT_IN_TEACHERS and not _looks_like_path(teacher) and not Path(teacher).expanduser().exists():
+        cmds.append(f"hf download {teacher}")
+    for r in recipe.rewards:
+        if r.checkpoint:
+            continue
+        for repo, file in REWARD_DOWNLOADS.get(r.name, []):
+            cmd = f"hf download {repo}" + (f" {file}" if file else "")
+            if cmd not in cmds:
+                cmds.append(cmd)
+    return cmds
+
+
 def check_files(recipe: Recipe) -> None:
     """Files a recipe names must exist (checked before any weights are loaded)."""
     problems = missing_files(recipe)

@@ -140,15 +140,21 @@ class FolderStream:
 
 
 class TinyWorldStream:
-    """Procedural clips of the tiny world (one coloured shape moving), generated from (seed, position, rank)."""
+    """Procedural clips of the tiny world (one coloured shape moving), generated from (seed, position, rank).
+
+    The world renders 8 x 24 x 24; another ``frames`` / ``height`` / ``width`` (a tiny Wan needs 1 + 4k frames
+    and sides divisible by 16) is fitted as a folder's clips are (:func:`fit_clip`: frames strided or the last one
+    repeated, resized and centre-cropped)."""
 
     def __init__(self, frames: int, height: int, width: int, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         from .tiny import world
 
-        if (frames, height, width) != (world.FRAMES, world.HEIGHT, world.WIDTH):
-            raise ConfigError(f"data.source tiny-world makes {world.FRAMES}x{world.HEIGHT}x{world.WIDTH} clips; "
-                              f"set video.frames/height/width to match (got {frames}x{height}x{width})")
+        if min(frames, height, width) < 1 or height > 8 * world.HEIGHT or width > 8 * world.WIDTH:
+            raise ConfigError(f"data.source tiny-world renders {world.FRAMES}x{world.HEIGHT}x{world.WIDTH} clips; "
+                              f"video.frames/height/width {frames}x{height}x{width} are out of range")
+        self.shape = (frames, height, width)
+        self.native = self.shape == (world.FRAMES, world.HEIGHT, world.WIDTH)
         self.world_mod = world
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.position = 0
@@ -156,6 +162,8 @@ class TinyWorldStream:
 
     def next_batch(self) -> tuple[torch.Tensor, list[str]]:
         clips, caps = self.world_mod.random_clips(self.batch_size, seed=mix_seed(self.seed, self.position, self.rank))
+        if not self.native:
+            clips = torch.stack([fit_clip(c, *self.shape) for c in clips])
         self.position += 1
         return clips, list(caps)
 

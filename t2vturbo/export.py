@@ -40,11 +40,12 @@ def fold_guidance(unet: nn.Module, guidance: float) -> nn.Module:
     Exact in real arithmetic: linear_1(t + cond_proj(embed(w))) = W1 t + (b1 + W1 cond_proj(embed(w))).
     """
     from .consistency import guidance_embedding
+    from .student import is_transformer, time_embedding_of
 
-    te = unet.time_embedding
+    te = time_embedding_of(unet)
     proj = getattr(te, "cond_proj", None)
     if proj is None:
-        raise CheckpointError("this UNet has no guidance projection (time_embedding.cond_proj) to fold")
+        raise CheckpointError("this model has no guidance projection (time_embedding.cond_proj) to fold")
     lin = te.linear_1
     with torch.no_grad():
         emb = guidance_embedding(torch.tensor([float(guidance)]), proj.in_features, dtype=torch.float64)
@@ -54,7 +55,8 @@ def fold_guidance(unet: nn.Module, guidance: float) -> nn.Module:
             lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
         lin.bias.copy_((lin.bias.double() + shift).to(lin.bias.dtype))
     te.cond_proj = None
-    unet.register_to_config(time_cond_proj_dim=None)
+    if not is_transformer(unet):  # a Wan transformer's config never named the projection
+        unet.register_to_config(time_cond_proj_dim=None)
     return unet
 
 
@@ -82,23 +84,25 @@ def fold_fps(unet: nn.Module, fps: int | None = None) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------- writers
-def lcm_scheduler_config(base_spec: str, origin_steps: int) -> dict[str, Any]:
-    """An LCMScheduler config with the base model's noise schedule (diffusers folder) or the standard one."""
+def lcm_scheduler_config(schedule: VPSchedule, base_spec: str, origin_steps: int) -> dict[str, Any]:
+    """An LCMScheduler config with the teacher's noise schedule (and a diffusers folder's own betas)."""
     sched = Path(base_spec) / "scheduler" / "scheduler_config.json" if base_spec != "tiny" else None
     base = json.loads(sched.read_text()) if sched is not None and sched.is_file() else None
-    return VPSchedule.standard().lcm_scheduler_config(origin_steps, base)
+    return schedule.lcm_scheduler_config(origin_steps, base)
 
 
 def write_diffusers_pipeline(parts: Any, folder: Path, guidance: float, origin_steps: int, base_spec: str,
                              dtype: torch.dtype = torch.float32, fps: int | None = None) -> None:
     """Merge + fold the student in ``parts.unet`` and save a TextToVideoSDPipeline into ``folder`` (must not exist)."""
+    if getattr(parts, "family", None) == "wan":
+        return write_wan_pipeline(parts, folder, guidance, dtype)
     from diffusers import LCMScheduler, TextToVideoSDPipeline
 
     unet = parts.unet
     merge_lora(unet)
     fold_guidance(unet, guidance)
     fold_fps(unet, fps)
-    scheduler = LCMScheduler.from_config(lcm_scheduler_config(base_spec, origin_steps))
+    scheduler = LCMScheduler.from_config(lcm_scheduler_config(parts.schedule, base_spec, origin_steps))
     if not torch.allclose(scheduler.alphas_cumprod, parts.alphas_cumprod.cpu().float(), atol=1e-6):
         raise CheckpointError(f"cannot express the noise schedule of {base_spec} as an LCMScheduler config")
     parts.vae.register_to_config(scaling_factor=float(parts.vae_scale))
@@ -114,6 +118,23 @@ def write_diffusers_pipeline(parts: Any, folder: Path, guidance: float, origin_s
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def write_wan_pipeline(parts: Any, folder: Path, guidance: float, dtype: torch.dtype = torch.float32) -> None:
+    """Merge + fold the Wan student and save a stock ``WanPipeline`` with ``FlowMatchLCMScheduler``: run it with
+    ``num_inference_steps=4, guidance_scale=1.0``."""
+    from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+    transformer = parts.transformer
+    merge_lora(transformer)
+    fold_guidance(transformer, guidance)
+    scheduler = FlowMatchLCMScheduler.from_config(parts.schedule.lcm_scheduler_config())
+    pipe = WanPipeline(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, transformer=transformer,
+                       vae=parts.vae, scheduler=scheduler)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (Path(folder) / "t2vturbo_defaults.json").write_text(json.dumps(parts.stored_defaults, indent=1))
 
 
 def write_lora_adapter(unet: nn.Module, folder: Path, base_spec: str | None) -> None:

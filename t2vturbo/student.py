@@ -45,9 +45,39 @@ class LoraSettings:
     rank_pattern: dict[str, int] = field(default_factory=dict)
 
 
+#: where a Wan transformer's guidance projection sits (its time embedder is a diffusers TimestepEmbedding)
+WAN_TIME_EMBEDDING = "condition_embedder.time_embedder"
+#: the default LoRA targets of a Wan transformer: the attention and FFN linears of every block
+WAN_LORA_PATTERN = r"^blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|^blocks\.\d+\.ffn\.net\.(0\.proj|2)$"
+
+
+def is_transformer(net: nn.Module) -> bool:
+    """A Wan-style video transformer (condition_embedder + blocks) rather than a UNet."""
+    return hasattr(net, "condition_embedder") and hasattr(net, "blocks")
+
+
+def time_embedding_path(net: nn.Module) -> str:
+    return WAN_TIME_EMBEDDING if is_transformer(net) else "time_embedding"
+
+
+def time_embedding_of(net: nn.Module) -> nn.Module:
+    """The TimestepEmbedding that takes the guidance projection (``time_embedding`` of a UNet)."""
+    return net.get_submodule(time_embedding_path(net))
+
+
+def guidance_key(net: nn.Module) -> str:
+    """The state-dict key of the guidance projection: ``time_embedding.cond_proj.weight`` on a UNet."""
+    return f"{time_embedding_path(net)}.cond_proj.weight"
+
+
 def lora_target_names(unet: nn.Module) -> list[str]:
-    """Names of every module whose exact class is Linear, Conv2d or Conv3d (the official T2V-Turbo choice)."""
+    """Names of every module whose exact class is Linear, Conv2d or Conv3d (the official T2V-Turbo choice); on
+    a Wan transformer, the attention and FFN linears of its blocks (WAN_LORA_PATTERN)."""
+    import re
+
     names = []
+    if is_transformer(unet):
+        return [n for n, m in unet.named_modules() if type(m) is nn.Linear and re.match(WAN_LORA_PATTERN, n)]
     for name, mod in unet.named_modules():
         if type(mod) in (nn.Linear, nn.Conv2d, nn.Conv3d) and not name.endswith("cond_proj") \
                 and not name.startswith("fps_embedding"):
@@ -71,6 +101,9 @@ def resolve_lora_config(unet: nn.Module, lora: LoraSettings):
     else:
         wanted = [lora.target_modules] if isinstance(lora.target_modules, str) else list(lora.target_modules)
         targets = [n for n in lora_target_names(unet) if any(n == w or n.endswith("." + w) for w in wanted)]
+        if is_transformer(unet):  # any Linear of the transformer may be named explicitly
+            targets = [n for n, m in modules.items() if type(m) is nn.Linear and not n.endswith("cond_proj")
+                       and any(n == w or n.endswith("." + w) for w in wanted)]
         if not targets:
             raise CheckpointError(f"lora.target_modules {wanted} match no Linear/Conv module of the UNet")
     rank_pattern = dict(lora.rank_pattern)
@@ -98,7 +131,7 @@ def add_guidance_projection(unet: nn.Module, embed_dim: int = 256, init: str = "
     ``init="zeros"`` makes the fresh student equal the teacher; ``"kaiming"`` reproduces nn.Linear's default
     init from ``seed`` (the official release's never-trained projection).
     """
-    te = unet.time_embedding
+    te = time_embedding_of(unet)
     c0 = te.linear_1.in_features
     param = next(unet.parameters())
     proj = nn.Linear(embed_dim, c0, bias=False)
@@ -120,10 +153,11 @@ def make_student(unet: nn.Module, lora: LoraSettings, guidance_embed_dim: int = 
 
     unet.requires_grad_(False)
     inject_adapter_in_model(resolve_lora_config(unet, lora), unet, adapter_name=ADAPTER)
-    if getattr(unet.time_embedding, "cond_proj", None) is None:
+    if getattr(time_embedding_of(unet), "cond_proj", None) is None:
         add_guidance_projection(unet, guidance_embed_dim)
+    key = guidance_key(unet)
     for name, p in unet.named_parameters():
-        p.requires_grad_("lora_" in name or name == GUIDANCE_KEY)
+        p.requires_grad_("lora_" in name or name == key)
     unet._t2vturbo_lora = asdict(lora)
     return unet
 
@@ -178,7 +212,7 @@ def student_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     sd = dict(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
-    sd[GUIDANCE_KEY] = unet.time_embedding.cond_proj.weight
+    sd[guidance_key(unet)] = time_embedding_of(unet).cond_proj.weight
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
@@ -224,16 +258,17 @@ def load_student_weights(unet: nn.Module, state: dict[str, torch.Tensor], meta: 
         rank=int(base_rank), alpha=lora_meta.get("alpha"), dropout=0.0, target_modules=sorted(ranks),
         rank_pattern={k: r for k, r in ranks.items() if r != base_rank},
     )
-    gdim = state[GUIDANCE_KEY].shape[1] if GUIDANCE_KEY in state else int(meta.get("guidance_embed_dim", 256))
+    key = guidance_key(unet)
+    gdim = state[key].shape[1] if key in state else int(meta.get("guidance_embed_dim", 256))
     make_student(unet, lora, gdim)
     lora_state = {k: v for k, v in state.items() if "lora_" in k}
     result = set_peft_model_state_dict(unet, lora_state, adapter_name=ADAPTER)
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if unexpected:
         raise CheckpointError(f"student file does not fit this UNet: unexpected key {unexpected[0]}")
-    if GUIDANCE_KEY in state:
+    if key in state:
         with torch.no_grad():
-            unet.time_embedding.cond_proj.weight.copy_(state[GUIDANCE_KEY])
+            time_embedding_of(unet).cond_proj.weight.copy_(state[key])
     unet.requires_grad_(False)
     return unet
 
@@ -244,6 +279,9 @@ def enable_block_checkpointing(unet: nn.Module) -> int:
     """
     from torch.utils.checkpoint import checkpoint
 
+    if is_transformer(unet):  # diffusers' transformers checkpoint their own blocks
+        unet.enable_gradient_checkpointing()
+        return len(unet.blocks)
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
     for block in blocks:
         if block is None or getattr(block, "_t2vturbo_checkpointed", False):

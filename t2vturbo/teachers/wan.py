@@ -1,0 +1,291 @@
+"""The Wan2.1 family: a flow-matching video transformer (``WanTransformer3DModel``), the causal video VAE
+(``AutoencoderKLWan``, per-channel latent mean / std) and the UMT5 text encoder (docs/formats.md §6).
+
+:class:`WanTeacher` implements the Teacher protocol (teachers/base.py) over a diffusers-layout folder
+(``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) or the tiny Wan that :func:`build_tiny_wan` makes in code (``tiny-wan``:
+real classes and key names at small width, random weights, the tiny world's offline tokenizer). Its prediction is
+the velocity ``v = eps - x0`` of :class:`t2vturbo.schedules.FlowSchedule`.
+
+The student is the SAME transformer with a LoRA adapter; nothing here copies it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, MissingWeightError
+from ..schedules import FlowSchedule
+
+WAN_HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+#: the model card's defaults (480p, 81 frames at 16 fps, guidance 5.0 in the form uncond + g (cond - uncond))
+WAN_DEFAULTS = {"frames": 81, "height": 480, "width": 832, "fps": 16, "guidance": 5.0}
+#: WanPipeline pads every prompt's embeddings with zeros to this many tokens
+MAX_SEQUENCE_LENGTH = 512
+DEFAULTS_FILE = "t2vturbo_defaults.json"
+
+#: the tiny Wan: diffusers' own test sizes for the transformer and VAE, a 2-layer UMT5 over the tiny tokenizer
+TINY_WAN_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                            out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
+                            cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+TINY_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                    temperal_downsample=[False, True, True])
+TINY_WAN_TEXT = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                     relative_attention_max_distance=16, dropout_rate=0.0, feed_forward_proj="gated-gelu")
+TINY_WAN_SHIFT = 3.0
+TINY_WAN_DEFAULTS = {"frames": 9, "height": 32, "width": 32, "fps": 16, "guidance": 5.0}
+
+
+def clean_prompt(text: str) -> str:
+    """What WanPipeline does to a prompt before tokenizing: unescape HTML twice, collapse whitespace, strip
+    (it also runs ftfy when installed, which leaves plain ASCII prompts as they are)."""
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+
+
+@dataclass
+class WanTeacher:
+    """Everything a Wan teacher (and so its student) needs besides the LoRA adapter."""
+
+    transformer: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    schedule: FlowSchedule
+    name: str = "wan"
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
+    stored_defaults: dict = field(default_factory=lambda: dict(WAN_DEFAULTS))
+    #: Wan has no fps input
+    default_fps: int | None = None
+    extra: dict = field(default_factory=dict)
+    family = "wan"
+    #: diffusers' Wan pipelines draw every noise tensor as (1, C, F, h, w) per video (UNet3D re-noising is
+    #: frame-major)
+    renoise_frame_major = False
+
+    # the denoising network under the name the student code uses for it
+    @property
+    def unet(self) -> nn.Module:
+        return self.transformer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(2 ** sum(self.vae.config.temperal_downsample))
+
+    @property
+    def spatial_factor(self) -> int:
+        return int(2 ** len(self.vae.config.temperal_downsample))
+
+    def native_video(self) -> dict[str, int]:
+        d = {**WAN_DEFAULTS, **self.stored_defaults}
+        return {k: int(d[k]) for k in ("frames", "height", "width", "fps")}
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, F', h, w) of a clip; WanPipeline's constraints are checked here with a one-line error."""
+        tf, sf = self.temporal_factor, self.spatial_factor
+        patch = self.transformer.config.patch_size
+        step = sf * int(patch[-1])
+        if (frames - 1) % tf:
+            raise ConfigError(f"Wan needs frames = 1 + {tf} k (got {frames}); pick e.g. {(frames - 1) // tf * tf + 1}")
+        if height % step or width % step:
+            raise ConfigError(f"Wan needs height and width divisible by {step} (got {height}x{width}); pick e.g. "
+                              f"{max(step, height // step * step)}x{max(step, width // step * step)}")
+        return (int(self.transformer.config.in_channels), (frames - 1) // tf + 1, height // sf, width // sf)
+
+    # ------------------------------------------------------------------ the Teacher protocol
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """UMT5 states (B, L, D), each prompt's own tokens then zeros up to ``max_sequence_length`` (WanPipeline)."""
+        tok = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length",
+                             max_length=self.max_sequence_length, truncation=True, add_special_tokens=True,
+                             return_attention_mask=True, return_tensors="pt")
+        mask = tok.attention_mask.to(self.text_encoder.device)
+        states = self.text_encoder(tok.input_ids.to(self.text_encoder.device), mask).last_hidden_state
+        states = states * mask[..., None].to(states.dtype)  # the padding positions become zeros
+        return states.to(self.device, self.dtype)
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = int(self.vae.config.z_dim)
+        mean = torch.tensor(self.vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
+        std = torch.tensor(self.vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+        return mean.to(like.device, like.dtype), std.to(like.device, like.dtype)
+
+    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixels (B, F, 3, H, W) in [0, 1] -> normalised latents (B, C, F', h, w): (z - mean) / std per channel."""
+        x = (pixels.permute(0, 2, 1, 3, 4) * 2.0 - 1.0).to(self.vae.dtype)
+        dist = self.vae.encode(x).latent_dist
+        z = dist.sample(generator=generator)
+        mean, std = self._latent_stats(z)
+        return ((z - mean) / std).to(self.dtype)
+
+    def decode_video(self, latents: torch.Tensor, frames: list[int] | None = None, chunk: int = 0) -> torch.Tensor:
+        """Normalised latents -> pixels (B, F, 3, H, W) in [0, 1], ``(x / 2 + 0.5).clamp(0, 1)`` (differentiable).
+
+        ``frames`` (pixel frame indices) decodes only the latent frames up to the last one they need: the VAE is
+        causal in time, so pixel frame j depends on latent frames 0 .. ceil(j / 4) and nothing after.
+        ``chunk`` is accepted for the protocol; the causal decoder already runs one latent frame at a time.
+        """
+        if frames is not None:
+            last = -(-max(frames) // self.temporal_factor)
+            latents = latents[:, :, : last + 1]
+        z = latents.to(self.vae.dtype)
+        mean, std = self._latent_stats(z)
+        pix = self.vae.decode(z * std + mean).sample
+        pix = (pix.float() / 2.0 + 0.5).clamp(0.0, 1.0).permute(0, 2, 1, 3, 4)
+        return pix[:, frames] if frames is not None else pix
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_cond: torch.Tensor | None = None,
+                fps: torch.Tensor | int | None = None, network: nn.Module | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) of the transformer's velocity at latents ``x`` (B, C, F', h, w) and float timesteps ``t`` (B,)
+        (sigma x 1000). ``guidance_cond`` is a student's guidance embedding (its projection must be attached)."""
+        net = network if network is not None else self.transformer
+        with guidance_input(self.transformer, guidance_cond):
+            v = net(hidden_states=x, timestep=torch.as_tensor(t, device=x.device), encoder_hidden_states=text,
+                    return_dict=False)[0]
+        return self.schedule.to_x0_eps(v, x, t)
+
+    def to(self, device=None, dtype=None) -> WanTeacher:
+        for m in (self.transformer, self.vae, self.text_encoder):
+            p = next(m.parameters())
+            if (device is not None and p.device != torch.device(device)) or (dtype is not None and p.dtype != dtype):
+                m.to(device=device, dtype=dtype)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- guidance input
+def time_embedder(transformer: nn.Module) -> nn.Module:
+    """The diffusers ``TimestepEmbedding`` of a Wan transformer (where a student's guidance projection sits)."""
+    return getattr(transformer, "module", transformer).condition_embedder.time_embedder
+
+
+class guidance_input:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Within the block, every call of the transformer's time embedder gets ``condition=w_emb``.
+
+    Wan's transformer has no ``timestep_cond`` argument, but its time embedder is diffusers' ``TimestepEmbedding``,
+    whose optional ``cond_proj`` adds ``cond_proj(condition)`` to the sinusoidal input: exactly where LCM's
+    guidance embedding enters a UNet. The hook lives for one call and is removed on exit.
+    """
+
+    def __init__(self, transformer: nn.Module, w_emb: torch.Tensor | None):
+        self.embedder = time_embedder(transformer)
+        self.w_emb, self.handle = w_emb, None
+        if w_emb is not None and getattr(self.embedder, "cond_proj", None) is None:
+            raise ConfigError("a guidance embedding was given but this Wan transformer has no guidance projection "
+                              "(condition_embedder.time_embedder.cond_proj); load it as a student")
+
+    def _hook(self, module, args, kwargs):
+        w = self.w_emb.to(args[0].device, module.cond_proj.weight.dtype)
+        return args, {**kwargs, "condition": w}
+
+    def __enter__(self):
+        if self.w_emb is not None:
+            self.handle = self.embedder.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- building / loading
+def build_tiny_wan(seed: int = 0) -> WanTeacher:
+    """The tiny Wan, built in code from a seed: real classes at diffusers' test sizes, random weights."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from ..tiny.teacher import load_tiny_tokenizer
+
+    tokenizer = load_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**TINY_WAN_TRANSFORMER)
+        vae = AutoencoderKLWan(**TINY_WAN_VAE)
+        text_cfg = UMT5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+                              **TINY_WAN_TEXT)
+        text_encoder = UMT5EncoderModel(text_cfg)
+    for m in (transformer, vae, text_encoder):
+        m.eval().requires_grad_(False)
+    return WanTeacher(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      schedule=FlowSchedule(shift=TINY_WAN_SHIFT), name="tiny-wan",
+                      stored_defaults=dict(TINY_WAN_DEFAULTS))
+
+
+def is_wan_folder(root: Path) -> bool:
+    """Whether a diffusers folder holds a Wan pipeline (model_index.json, else transformer/config.json)."""
+    index = root / "model_index.json"
+    if index.is_file():
+        try:
+            return "Wan" in str(json.loads(index.read_text()).get("_class_name", ""))
+        except (OSError, json.JSONDecodeError):
+            return False
+    cfg = root / "transformer" / "config.json"
+    return cfg.is_file() and "Wan" in cfg.read_text()
+
+
+def is_wan_spec(spec: str) -> bool:
+    """Whether a teacher spec names the Wan family: ``tiny-wan``, a Wan folder, or a hub id with "wan" in it."""
+    p = Path(spec).expanduser()
+    if spec == "tiny-wan":
+        return True
+    if p.is_dir():
+        return is_wan_folder(p)
+    return not p.exists() and "/" in spec and "wan" in spec.lower()
+
+
+def load_wan_teacher(spec: str) -> WanTeacher:
+    """Load a Wan2.1 diffusers folder or a hub id in the local cache (transformer/ vae/ text_encoder/ tokenizer/
+    scheduler/)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from ..hub import resolve_pretrained_dir
+
+    how = f"model.teacher (distill) or --model (sample, export), e.g. {WAN_HUB_ID}"
+    root = Path(resolve_pretrained_dir(spec, "transformer/ vae/ text_encoder/ tokenizer/ scheduler/", how))
+    for sub in ("transformer", "vae", "text_encoder", "tokenizer"):
+        if not (root / sub).is_dir():
+            raise MissingWeightError(f"{root} has no {sub}/ folder; a Wan folder needs transformer/ vae/ text_encoder/ "
+                                     f"tokenizer/ (get it with `hf download {WAN_HUB_ID} --local-dir DIR`)")
+    try:
+        transformer = WanTransformer3DModel.from_pretrained(root / "transformer")
+        vae = AutoencoderKLWan.from_pretrained(root / "vae")
+        text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder")
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    except OSError as err:
+        first = str(err).splitlines()[0]
+        raise MissingWeightError(f"cannot load the Wan model at {root}: {first}; get it with "
+                                 f"`hf download {WAN_HUB_ID} --local-dir DIR`") from None
+    sched_path = root / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
+    defaults_path = root / DEFAULTS_FILE
+    stored = {**WAN_DEFAULTS, **(json.loads(defaults_path.read_text()) if defaults_path.is_file() else {})}
+    return WanTeacher(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      schedule=FlowSchedule.from_scheduler_config(sched), name=str(spec), stored_defaults=stored)
+
+
+def save_wan_teacher(teacher: WanTeacher, folder: Path) -> None:
+    """Write ``teacher`` as a stock WanPipeline folder (with the Euler flow scheduler t2vturbo samples with)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    pipe = WanPipeline(tokenizer=teacher.tokenizer, text_encoder=teacher.text_encoder,
+                       transformer=teacher.transformer, vae=teacher.vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler.from_config(teacher.schedule.scheduler_config()))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(teacher.stored_defaults, indent=1))
