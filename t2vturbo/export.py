@@ -137,6 +137,45 @@ def write_wan_pipeline(parts: Any, folder: Path, guidance: float, dtype: torch.d
     (Path(folder) / "t2vturbo_defaults.json").write_text(json.dumps(parts.stored_defaults, indent=1))
 
 
+WAN_LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def write_wan_lora(transformer: nn.Module, folder: Path, guidance: float) -> None:
+    """The Wan student's adapter in the layout ``WanPipeline.load_lora_weights(folder)`` reads: diffusers' peft keys
+    ``transformer.{module}.lora_A.weight`` / ``lora_B.weight`` (scalings folded into B, so alpha = rank), and the
+    guidance folded for a fixed w as the bias of a rank-1 LoRA on ``condition_embedder.time_embedder.linear_1``
+    (A and B zero, ``lora_B.bias`` = W1 cond_proj(embed(w))): a stock transformer has no guidance projection.
+    Every module carries an explicit ``lora_B.bias`` (zero elsewhere): diffusers then turns on peft's lora_bias."""
+    from safetensors.torch import save_file
+
+    from .consistency import guidance_embedding
+    from .student import time_embedding_of
+
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in lora_layers(transformer):
+        a = layer.lora_A[ADAPTER].weight
+        b = layer.lora_B[ADAPTER].weight * layer.scaling[ADAPTER]
+        state[f"transformer.{name}.lora_A.weight"] = a
+        state[f"transformer.{name}.lora_B.weight"] = b
+        state[f"transformer.{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype, device=b.device)
+    if not state:
+        raise CheckpointError("this transformer has no LoRA adapter to export")
+    te = time_embedding_of(transformer)
+    proj = getattr(te, "cond_proj", None)
+    if proj is None:
+        raise CheckpointError("this transformer has no guidance projection to fold into the LoRA file")
+    lin = te.linear_1
+    base = getattr(lin, "base_layer", lin)
+    with torch.no_grad():
+        emb = guidance_embedding(torch.tensor([float(guidance)]), proj.in_features, dtype=torch.float64)
+        shift = base.weight.double() @ (emb[0] @ proj.weight.double().T)
+    key = "transformer.condition_embedder.time_embedder.linear_1"
+    state[f"{key}.lora_A.weight"] = torch.zeros(1, base.in_features, dtype=base.weight.dtype)
+    state[f"{key}.lora_B.weight"] = torch.zeros(base.out_features, 1, dtype=base.weight.dtype)
+    state[f"{key}.lora_B.bias"] = shift.to(base.weight.dtype)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / WAN_LORA_FILE))
+
+
 def write_lora_adapter(unet: nn.Module, folder: Path, base_spec: str | None) -> None:
     """Save the adapter in peft's layout; LoRA scalings are folded into ``lora_B`` so every module has scale 1."""
     from peft import LoraConfig
@@ -243,7 +282,13 @@ def export_student(
     info = {"format": f"t2vturbo-export-{format}", "source": str(student_path), "base_model": base,
             "origin_steps": origin, "default_steps": meta.get("default_steps", 4)}
     with atomic_path(out) as tmp:
-        if format == "lora":
+        if format == "lora" and getattr(parts, "family", None) == "wan":
+            tmp.mkdir(parents=True, exist_ok=True)
+            write_wan_lora(parts.transformer, tmp, guidance)
+            info.update(guidance_folded=float(guidance), run_with={
+                "guidance_scale": 1.0, "scheduler": parts.schedule.lcm_scheduler_config(),
+                "load": "pipe.load_lora_weights(DIR); pipe.scheduler = FlowMatchLCMScheduler(shift=...)"})
+        elif format == "lora":
             write_lora_adapter(parts.unet, tmp, base)
             info.update(guidance_embedding="sin/cos of w*1000, 256-d (t2vturbo.consistency.guidance_embedding)",
                         default_guidance=meta.get("default_guidance", 7.5), fps=meta.get("fps"))

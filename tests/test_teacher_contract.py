@@ -1,5 +1,6 @@
-"""The same checks over every teacher family t2vturbo loads: the embedded tiny teacher, a ModelScope-layout
-diffusers folder, and a VideoCrafter2 conversion (that one needs the small VC2 fixture in ../shared).
+"""The same checks over every UNet3D teacher t2vturbo loads: the embedded tiny teacher, a ModelScope-layout
+diffusers folder, and a VideoCrafter2 conversion (that one needs the small VC2 fixture in ../shared). The Wan
+family's versions of these checks (its inputs are a transformer's) are in tests/test_wan.py.
 
 Each family must give: a fresh student equal to its teacher; a sampler that calls the UNet once per step; an
 export that stock diffusers runs to the same numbers; a finite distillation step in which only the LoRA and the

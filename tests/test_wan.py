@@ -12,7 +12,7 @@ import torch
 from conftest import REPO
 
 from t2vturbo.schedules import FlowSchedule, flow_sigmas
-from t2vturbo.student import LoraSettings, make_student
+from t2vturbo.student import LoraSettings, make_student, save_student
 from t2vturbo.teachers import load_teacher
 from t2vturbo.teachers.wan import WanTeacher, build_tiny_wan
 
@@ -248,3 +248,38 @@ def test_full_size_wan_1_3b_on_the_meta_device():
     assert trainable == expected
     print(f"Wan2.1-T2V-1.3B transformer: {base / 1e9:.3f} B parameters; LoRA rank 64 + guidance: "
           f"{trainable / 1e6:.1f} M trainable")
+
+
+def test_lora_export_loads_with_load_lora_weights_and_gives_the_same_frames(tmp_path):
+    from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+    from t2vturbo.export import WAN_LORA_FILE, export_student
+    from t2vturbo.formats import load_any_student
+    from t2vturbo.sampling import sample_video
+    from t2vturbo.teachers.wan import save_wan_teacher
+
+    parts = build_tiny_wan()
+    make_student(parts.transformer, LoraSettings(rank=4, alpha=8))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # a student that is not the teacher
+        for p in parts.transformer.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    student = save_student(parts.transformer, tmp_path / "student", {"base_model": "tiny-wan",
+                                                                      "lora": {"rank": 4, "alpha": 8}})
+    out = export_student(student, "tiny-wan", format="lora", out_dir=tmp_path / "lora", guidance=3.0)
+    assert (out / WAN_LORA_FILE).is_file()
+    save_wan_teacher(build_tiny_wan(), tmp_path / "base")
+    pipe = WanPipeline.from_pretrained(tmp_path / "base")
+    pipe.load_lora_weights(str(out))
+    pipe.scheduler = FlowMatchLCMScheduler(shift=parts.schedule.shift)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(2)
+    theirs = pipe(PROMPT, num_inference_steps=4, guidance_scale=1.0, num_frames=9, height=32, width=32,
+                  generator=torch.Generator().manual_seed(2), output_type="pt").frames
+    ours_parts = load_teacher("tiny-wan")
+    load_any_student(student, ours_parts)
+    ours = sample_video(ours_parts, [PROMPT], steps=4, guidance=3.0, mode="student", seed=2, **SHAPE).videos
+    plain = sample_video(load_teacher("tiny-wan"), [PROMPT], steps=4, mode="student", seed=2, **SHAPE).videos
+    effect, gap = float((ours - plain).abs().mean()), float((ours - theirs.float()).abs().mean())
+    assert effect > 1e-3 and gap < min(1 / 255, effect / 20), (effect, gap)  # the adapter matters, and it matches
