@@ -76,9 +76,6 @@ def fold_fps(unet: nn.Module, fps: int | None = None) -> nn.Module:
     with torch.no_grad():
         shift = fps_module(torch.tensor([value], device=lin.weight.device))[0]
         lin.bias.copy_((lin.bias.double() + shift.double()).to(lin.bias.dtype))
-    hook = getattr(fps_module, "_hook", None)
-    if hook is not None:
-        hook.remove()
     del unet.fps_embedding
     return unet
 

@@ -1,9 +1,11 @@
 """VideoCrafter2's frame-rate conditioning at run time: MLP(sinusoid(fps)) added to the UNet's time embedding.
 
 The UNet stays a stock diffusers ``UNet3DConditionModel``; the embedding is attached as ``unet.fps_embedding``
-with a forward hook on ``unet.time_embedding`` and saved beside the UNet (``fps_embedding.safetensors`` +
-``fps_embedding.json``, docs/formats.md §1). It keeps working when the student adds
-``time_embedding.cond_proj`` or peft wraps the UNet's linears.
+and saved beside the UNet (``fps_embedding.safetensors`` + ``fps_embedding.json``, docs/formats.md §1). The
+frame rate is an explicit input of every call (``call_unet(..., fps=)``): :class:`fps_input` hooks the
+embedding onto ``unet.time_embedding`` for that one call and removes it on exit, so no state is left on the
+module between calls. It keeps working when the student adds ``time_embedding.cond_proj`` or peft wraps the
+UNet's linears.
 """
 
 from __future__ import annotations
@@ -36,11 +38,8 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 100
 
 
 class FPSEmbedding(nn.Module):
-    """VC2's frame-rate conditioning: MLP(sinusoid(fps)) added to the UNet's time embedding.
-
-    ``current_fps`` is set by :func:`t2vturbo.teachers.call_unet` before each forward (an int, or a tensor with one
-    value per batch item); ``None`` means ``default_fps``.
-    """
+    """VC2's frame-rate conditioning: MLP(sinusoid(fps)) added to the UNet's time embedding (see
+    :class:`fps_input`)."""
 
     def __init__(self, channels: int, time_embed_dim: int, default_fps: int = DEFAULT_FPS):
         super().__init__()
@@ -49,26 +48,20 @@ class FPSEmbedding(nn.Module):
         self.act = nn.SiLU()
         self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
         self.default_fps = int(default_fps)
-        self.current_fps: torch.Tensor | int | None = None
-        self._hook = None
 
     def forward(self, fps: torch.Tensor) -> torch.Tensor:
         """fps (B,) -> (B, time_embed_dim)."""
         emb = sinusoidal_embedding(fps, self.channels).to(self.linear_1.weight.dtype)
         return self.linear_2(self.act(self.linear_1(emb)))
 
-    def fps_for_batch(self, batch: int, device: torch.device) -> torch.Tensor:
-        fps = self.default_fps if self.current_fps is None else self.current_fps
-        fps = torch.as_tensor(fps, device=device).reshape(-1)
+    def fps_for_batch(self, fps: torch.Tensor | int | None, batch: int, device: torch.device) -> torch.Tensor:
+        """``fps`` (an int, one value per batch item, or None for ``default_fps``) as a (batch,) tensor."""
+        fps = torch.as_tensor(self.default_fps if fps is None else fps, device=device).reshape(-1)
         if fps.numel() == 1:
             return fps.expand(batch)
         if fps.numel() != batch:
             raise ValueError(f"fps has {fps.numel()} values for a batch of {batch}")
         return fps
-
-    def add_to_time_embedding(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook on ``unet.time_embedding``: emb + fps_embedding(fps)."""
-        return output + self(self.fps_for_batch(output.shape[0], output.device)).to(output.dtype)
 
     def config(self) -> dict:
         return {"format": FPS_FORMAT, "version": 1, "channels": self.channels,
@@ -76,14 +69,35 @@ class FPSEmbedding(nn.Module):
 
 
 def attach_fps_embedding(unet: nn.Module, fps: FPSEmbedding) -> FPSEmbedding:
-    """Attach ``fps`` as ``unet.fps_embedding`` and hook it onto ``unet.time_embedding`` (replacing an old one)."""
-    old = getattr(unet, "fps_embedding", None)
-    if isinstance(old, FPSEmbedding) and old._hook is not None:
-        old._hook.remove()
-        old._hook = None
+    """Attach ``fps`` as ``unet.fps_embedding`` (replacing an old one); calls then pass the frame rate."""
     unet.fps_embedding = fps
-    fps._hook = unet.time_embedding.register_forward_hook(fps.add_to_time_embedding)
     return fps
+
+
+class fps_input:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Within the block, the UNet's time embedding output gets ``fps_embedding(fps)`` added (VC2's
+    ``emb + fps_embedding(fps)``); a UNet without an fps embedding is left alone. ``fps`` None means the
+    embedding's ``default_fps``."""
+
+    def __init__(self, unet: nn.Module, fps: torch.Tensor | int | None):
+        net = getattr(unet, "module", unet)  # unwrap DDP
+        self.module: FPSEmbedding | None = getattr(net, "fps_embedding", None)
+        self.target = net.time_embedding if self.module is not None else None
+        self.fps, self.handle = fps, None
+
+    def _add(self, module, args, output):
+        value = self.module.fps_for_batch(self.fps, output.shape[0], output.device)
+        return output + self.module(value).to(output.dtype)
+
+    def __enter__(self):
+        if self.module is not None:
+            self.handle = self.target.register_forward_hook(self._add)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+        return False
 
 
 def save_fps_embedding(fps: FPSEmbedding, unet_dir: str | Path) -> None:

@@ -106,15 +106,11 @@ def call_unet(
     ``fps`` reaches an fps-conditioned UNet (VideoCrafter2) through its ``fps_embedding`` module;
     ModelScope-style UNets ignore it.
     """
-    fps_module = getattr(getattr(unet, "module", unet), "fps_embedding", None)  # unwrap DDP
-    if fps_module is not None:
-        fps_module.current_fps = fps
-    try:
+    from .fps import fps_input
+
+    with fps_input(unet, fps):
         return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
                     return_dict=False)[0]
-    finally:
-        if fps_module is not None:
-            fps_module.current_fps = None
 
 
 @torch.no_grad()
