@@ -18,10 +18,13 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from t2vturbo.errors import T2VTurboError
+        from t2vturbo.errors import T2VTurboError, TrainingInterrupted
 
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as err:
+            console.print(f"[yellow]interrupted:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except T2VTurboError as err:
             console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

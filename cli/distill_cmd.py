@@ -26,24 +26,46 @@ def distill(
     r = load_recipe(recipe, overrides or [], check=not dry_run)
     out = output_dir or Path(r.output_dir)
     if dry_run:
-        from t2vturbo.config import downloads, missing_files
+        from t2vturbo.config import downloads, missing_files, missing_packages
         from t2vturbo.distill import describe_plan
 
         console.print(f"[bold]plan[/] for {recipe} -> {out}", highlight=False)
         for line in describe_plan(r):
             console.print("  " + line, highlight=False)
-        for cmd in downloads(r):
-            console.print(f"  download     {cmd}", highlight=False)
-        problems = missing_files(r)
+        needed = downloads(r)
+        for cmd, present in needed:
+            console.print(f"  {'cached' if present else 'download':<12} {cmd}", highlight=False)
+        problems = missing_files(r) + missing_packages(r) + [f"not cached: {c}" for c, ok in needed if not ok]
         for p in problems:
             console.print(f"  [yellow]missing[/] {p}", highlight=False)
-        state = "recipe valid" + (f"; {len(problems)} file(s) to provide before a real run" if problems else "")
-        console.print(f"[green]{state}[/] (dry run: nothing loaded, nothing written)", highlight=False)
+        if problems:
+            console.print(f"[yellow]recipe valid; {len(problems)} thing(s) to provide before the run can start[/] "
+                          "(dry run: nothing loaded, nothing written)", highlight=False)
+            raise typer.Exit(1)
+        console.print("[green]recipe valid; the run can start[/] (dry run: nothing loaded, nothing written)",
+                      highlight=False)
         return
     quiet_libraries()
-    from t2vturbo.distill import run_distill
+    import shlex
 
-    path = run_distill(r, out, resume=resume, log=lambda m: console.print(m, highlight=False),
-                       progress=not no_progress)
+    from t2vturbo.distill import run_distill
+    from t2vturbo.errors import TrainingInterrupted
+
+    again = shlex.join(["t2vturbo", "distill", str(recipe), *(overrides or []), "--output-dir", str(out), "--resume"])
+    try:
+        # a progress bar only on a terminal; otherwise (a log file, CI, a cluster job) a plain line every few steps
+        path = run_distill(r, out, resume=resume, log=lambda m: console.print(m, highlight=False),
+                           progress=not no_progress and console.is_terminal)
+    except TrainingInterrupted as err:
+        raise TrainingInterrupted(f"{err}: {again}", err.checkpoint, err.step) from None
     if path is not None:
-        console.print(f"[green]done[/]: student in {path}; metrics in {out / 'metrics.jsonl'}", highlight=False)
+        samples = out / "samples"
+        console.print(f"[green]done[/]: student in {path}; metrics in {out / 'metrics.jsonl'}, curves in "
+                      f"{out / 'curves.png'}" + (f", samples in {samples}/" if samples.is_dir() else ""),
+                      highlight=False)
+        console.print(f"next: t2vturbo sample \"a red circle moving left\" --student {path}   |   "
+                      + (f"t2vturbo score {samples}/ --reward tiny-video   |   " if samples.is_dir() else "")
+                      + f"t2vturbo export {path} --out exported"
+                      if r.model.teacher == "tiny" else
+                      f"next: t2vturbo sample \"YOUR PROMPT\" --student {path}   |   t2vturbo export {path} --out "
+                      "exported", highlight=False)

@@ -6,27 +6,17 @@ from pathlib import Path
 
 import typer
 
-from t2vturbo.names import slugify
-
 from .common import console, parse_device, quiet_libraries, user_errors
 from .main import app
-
-
-def output_paths(prompts: list[str], out: Path | None) -> list[Path]:
-    """One path per prompt: --out as given for one prompt, else suffixed -0, -1, ...; default outputs/<slug>.mp4."""
-    if out is None:
-        return [Path("outputs") / f"{slugify(p)}.mp4" for p in prompts]
-    if len(prompts) == 1:
-        return [out]
-    suffix = "".join(out.suffixes) if out.suffix in (".mp4", ".gif", ".webm") else ""
-    stem = out.name[: len(out.name) - len(suffix)] if suffix else out.name
-    return [out.with_name(f"{stem}-{i}{suffix}") for i in range(len(prompts))]
 
 
 @app.command()
 @user_errors
 def sample(
-    prompts: list[str] = typer.Argument(..., help="One or more prompts."),
+    prompts: list[str] = typer.Argument(None, help="One or more prompts (or --prompts-file)."),
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Prompts, one per line (TXT) or a 'prompt' column (CSV / JSON / JSONL): e.g. a VBench dimension's prompt list."),
+    videos_per_prompt: int = typer.Option(1, "--videos-per-prompt", "-n", help="Videos per prompt, named {prompt}-{i} (VBench uses 5)."),
+    fmt: str = typer.Option("mp4", "--format", help="Video files written into an --out folder: mp4, gif, webm, or png (a folder of frames per video)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Teacher/base: 'tiny', a diffusers folder or a hub id (default: the student's recorded base model, else tiny)."),
     student: Path | None = typer.Option(None, "--student", "-s", help="Student: our folder, a peft LoRA, or an official unet_lora.pt. Omit to sample the base model as is."),
     teacher: bool = typer.Option(False, "--teacher", help="Sample the base model with DDIM + classifier-free guidance."),
@@ -36,8 +26,8 @@ def sample(
     height: int | None = typer.Option(None, "--height", help="Default: as --frames (the model's native size is UNet sample_size x the VAE factor)."),
     width: int | None = typer.Option(None, "--width", help="Default: as --height."),
     fps: int | None = typer.Option(None, "--fps", help="Frame rate of the output and fps condition of VideoCrafter2 (default: the model's, else 8)."),
-    seed: int = typer.Option(0, "--seed", help="Video i uses seed + i."),
-    out: Path | None = typer.Option(None, "--out", "-o", help=".mp4, .gif, or a folder for PNG frames (default outputs/<slug>.mp4)."),
+    seed: int = typer.Option(0, "--seed", help="The k-th video of the run (prompt-major) uses seed + k."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="A folder for {prompt}-{i}.mp4 files (default outputs/), or one .mp4 / .gif / .webm file. Every video gets a {name}.txt prompt sidecar; videos already there are skipped."),
     batch_size: int = typer.Option(4, "--batch-size", help="Prompts per batch."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="float32, float16, bfloat16 (auto: fp16 on CUDA, fp32 on CPU)."),
@@ -45,11 +35,23 @@ def sample(
 ) -> None:
     """Generate videos with a distilled student (4 steps) or the teacher (DDIM + CFG)."""
     quiet_libraries()
-    from t2vturbo.generate import generate_videos
+    from t2vturbo.generate import generate_videos, plan_outputs
+    from t2vturbo.inputs import read_prompts_file
 
+    listed = list(prompts or [])
+    if prompts_file is not None:
+        read = read_prompts_file(prompts_file)
+        listed += list(read.values()) if isinstance(read, dict) else list(read)
+    plan = plan_outputs(listed, out, videos_per_prompt, fmt, seed)
+    todo = [p for p in plan if not p.path.exists()]
+    if len(todo) < len(plan):
+        console.print(f"{len(plan) - len(todo)} of {len(plan)} videos already exist; skipped", highlight=False)
+    if not todo:
+        return
     generate_videos(
-        list(prompts), output_paths(list(prompts), out), model=model, student=student, teacher=teacher, steps=steps,
-        guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=seed, batch_size=batch_size,
+        [p.prompt for p in todo], [p.path for p in todo], model=model, student=student, teacher=teacher, steps=steps,
+        guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=[p.seed for p in todo],
+        batch_size=batch_size,
         device=parse_device(device), dtype=dtype, decode_chunk=decode_chunk,
         notice=lambda msg: console.print(msg, highlight=False),
         on_video=lambda w: console.print(f"wrote {w.path}  ({w.mode}, {w.steps} steps, {w.seconds:.2f} s/video)",

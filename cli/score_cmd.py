@@ -19,7 +19,7 @@ from .main import app
 def score(
     paths: list[str] = typer.Argument(..., help="Video files (mp4/gif/webm), folders (searched recursively) or globs."),
     reward: list[str] = typer.Option(
-        None, "--reward", "-r", help="Reward name (repeatable): hpsv2, hpsv2.1, clip, pickscore, viclip, internvideo2, ..."
+        None, "--reward", "-r", help="Reward name (repeatable): hpsv2, hpsv2.1, clip, pickscore, viclip, internvideo2; offline: tiny-image, tiny-video (the embedded world's)."
     ),
     reward_checkpoint: list[str] = typer.Option(
         None, "--reward-checkpoint", help="Weights for a reward as NAME=PATH (repeatable); default: the HF cache."

@@ -6,6 +6,7 @@ Unknown keys, wrong types and missing files are rejected with one line naming th
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,14 @@ class LoraConfig:
     dropout: float = 0.1
     #: "all" = every Linear/Conv2d/Conv3d of the UNet, or a list of module names
     target_modules: str | list[str] = "all"
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank must be at least 1 (got {self.rank})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be positive (got {self.alpha}); leave it out for alpha = rank")
 
 
 @dataclass
@@ -362,21 +371,45 @@ REWARD_DOWNLOADS = {
 BUILT_IN_TEACHERS = ("tiny", "tiny-wan")
 
 
-def downloads(recipe: Recipe) -> list[str]:
-    """The ``hf download`` commands a recipe's weights need on a fresh machine (teacher hub id, reward files
-    without an explicit checkpoint); the built-in tiny models need none."""
-    cmds = []
+def downloads(recipe: Recipe) -> list[tuple[str, bool]]:
+    """The ``hf download`` commands a recipe's weights need (teacher hub id, reward files without an explicit
+    checkpoint), each with whether it is already in the local Hugging Face cache; the built-in tiny models and
+    local paths need none."""
+    from .hub import cached_hub_file
+
+    cmds: list[tuple[str, bool]] = []
     teacher = recipe.model.teacher
     if teacher not in BUILT_IN_TEACHERS and not _looks_like_path(teacher) and not Path(teacher).expanduser().exists():
-        cmds.append(f"hf download {teacher}")
+        cmds.append((f"hf download {teacher}", _cached_repo(teacher)))
     for r in recipe.rewards:
         if r.checkpoint:
             continue
         for repo, file in REWARD_DOWNLOADS.get(r.name, []):
             cmd = f"hf download {repo}" + (f" {file}" if file else "")
-            if cmd not in cmds:
-                cmds.append(cmd)
+            if all(c != cmd for c, _ in cmds):
+                cmds.append((cmd, cached_hub_file(repo, file) is not None if file else _cached_repo(repo)))
     return cmds
+
+
+def _cached_repo(repo: str) -> bool:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo, local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable offline"
+        return False
+
+
+def missing_packages(recipe: Recipe) -> list[str]:
+    """Optional packages the recipe asks for that are not installed (one line each, with the pip command)."""
+    import importlib.util
+
+    out = []
+    if recipe.train.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        out.append("train.optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (CUDA), or set "
+                   "train.optimizer=adamw")
+    return out
 
 
 def check_files(recipe: Recipe) -> None:
@@ -384,6 +417,28 @@ def check_files(recipe: Recipe) -> None:
     problems = missing_files(recipe)
     if problems:
         raise ConfigError(problems[0])
+
+
+#: keys a resumed run may change: how long it goes on and how it runs, not what it trains
+RESUMABLE_CHANGES = ("train.max_steps", "train.num_threads", "train.checkpoint_every", "train.keep_checkpoints",
+                     "output_dir", "model.device", "sample.prompts", "sample.steps", "sample.guidance", "sample.seed")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def recipe_changes(saved: dict, recipe: Recipe) -> list[str]:
+    """The dotted keys where ``recipe`` differs from a run's saved ``config.yaml`` (as loaded by yaml), except
+    those a resume may change (RESUMABLE_CHANGES)."""
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(recipe.to_dict(), default=str)))
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -32,8 +32,8 @@ from .consistency import (
     lcm_guidance,
 )
 from .data import make_stream, mix_seed
-from .errors import CheckpointError, ConfigError, TrainingError
-from .names import slugify, torch_dtype
+from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from .names import torch_dtype
 from .rewards import RewardModel, load_reward, strided_frame_indices
 from .safeio import atomic_path
 from .student import (
@@ -201,6 +201,18 @@ class Distiller:
         if not self.resume and list_checkpoints(self.out / "checkpoints"):
             raise ConfigError(f"{self.out} already holds checkpoints of a run; pass --resume to continue it "
                               "or choose another --output-dir")
+        saved = self.out / "config.yaml"
+        if self.resume and saved.is_file() and list_checkpoints(self.out / "checkpoints"):
+            import yaml
+
+            from .config import recipe_changes
+
+            changed = recipe_changes(yaml.safe_load(saved.read_text()) or {}, self.recipe)
+            if changed:
+                raise ConfigError(f"--resume with a recipe that differs from the run's config.yaml in "
+                                  f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}; resume with the "
+                                  f"same recipe and overrides (only train.max_steps and the like may change: pass "
+                                  f"train.max_steps=N to extend), or start a new --output-dir")
         dump_recipe(self.recipe, self.out / "config.yaml")
 
     def _resume(self) -> None:
@@ -359,15 +371,56 @@ class Distiller:
         return _Swap()
 
     # ------------------------------------------------------------------ loop
+    def _catch_stop_signals(self) -> dict:
+        """Ctrl-C / SIGTERM set a flag the loop reads between steps (a second Ctrl-C stops at once)."""
+        import signal
+        import threading
+
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _interrupted(self, save: bool = True) -> TrainingInterrupted:
+        """Save a checkpoint at the current step, between two steps (one process; with several the last periodic
+        one stands; ``save=False`` after a hard stop mid-step, whose state is not a step's end)."""
+        done = {step for step, _ in list_checkpoints(self.ckpt_root)}
+        if save and self.world == 1 and self.step > 0 and self.step not in done:
+            self.save_checkpoint()
+        found = list_checkpoints(self.ckpt_root)
+        where = str(found[-1][1]) if found else None
+        saved = f"checkpoint {where} (step {found[-1][0]})" if found else "no checkpoint yet (step 0)"
+        return TrainingInterrupted(f"{self._stop_signal or 'interrupted'} at step {self.step}: {saved}; run the same "
+                                   "command with --resume to go on", where, self.step)
+
+    def _log_line(self, row: dict, seconds: list[float]) -> None:
+        """One plain line (no terminal needed): step, loss, rewards, s/step, ETA."""
+        r = self.recipe
+        per = sum(seconds[-20:]) / max(1, len(seconds[-20:]))
+        eta = per * (r.train.max_steps - self.step)
+        rewards = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("reward/"))
+        self.log(f"step {self.step}/{r.train.max_steps} loss {row['loss']:.4f} loss_cd {row.get('loss_cd', 0):.4f}"
+                 + (f" {rewards}" if rewards else "") + f" {per:.2f} s/step ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+
     def train(self) -> None:
         r = self.recipe
         params = trainable_parameters(self.unet)
         progress = self._progress()
         task = progress.add_task("distill", total=r.train.max_steps, completed=self.step) if progress else None
+        log_every = max(1, min(50, r.train.max_steps // 20))
+        seconds: list[float] = []
+        old_handlers = self._catch_stop_signals()
         try:
             if progress:
                 progress.start()
             while self.step < r.train.max_steps:
+                if self._stop_signal:
+                    raise self._interrupted()
                 t0 = time.perf_counter()
                 pixels, captions = self.stream.next_batch()
                 loss, metrics = self.training_step(pixels, captions)
@@ -406,12 +459,21 @@ class Distiller:
                        "grad_norm": float(grad_norm) if grad_norm is not None else None,
                        "seconds": round(time.perf_counter() - t0, 4)}
                 self._log_metrics(row)
+                seconds.append(row["seconds"])
                 if progress:
                     progress.update(task, completed=self.step,
                                     description=f"distill loss {row['loss']:.4f}")
+                elif self.is_main and (self.step % log_every == 0 or self.step == r.train.max_steps):
+                    self._log_line(row, seconds)
                 if self.step % r.train.checkpoint_every == 0 or self.step == r.train.max_steps:
                     self.save_checkpoint()
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread's handler
+            raise self._interrupted(save=False) from None
         finally:
+            import signal
+
+            for sig, old in old_handlers.items():
+                signal.signal(sig, old)
             if progress:
                 progress.stop()
 
@@ -499,8 +561,9 @@ class Distiller:
         r = self.recipe
         if not self.is_main or not r.sample.prompts:
             return []
+        from .names import vbench_name
         from .sampling import sample_video
-        from .video import write_video
+        from .video import write_prompt_sidecar, write_video
 
         self.unet.eval()
         out = sample_video(self.parts, r.sample.prompts, steps=r.sample.steps, guidance=r.sample.guidance,
@@ -508,10 +571,12 @@ class Distiller:
                            fps=r.video.fps if self.parts.default_fps is not None else None)
         self.unet.train()
         written = []
-        for i, (prompt, video) in enumerate(zip(r.sample.prompts, out.videos, strict=False)):
-            slug = slugify(prompt, sep="_")
-            path = self.out / "samples" / f"{i:02d}_{slug}.mp4"
+        seen: dict[str, int] = {}
+        for prompt, video in zip(r.sample.prompts, out.videos, strict=False):
+            index = seen[prompt] = seen.get(prompt, -1) + 1  # a prompt listed twice: -0, -1
+            path = self.out / "samples" / vbench_name(prompt, index)
             write_video(video, path, fps=r.video.fps)
+            write_prompt_sidecar(path, prompt)
             written.append(path)
         return written
 

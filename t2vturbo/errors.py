@@ -34,3 +34,11 @@ class UnknownRewardError(T2VTurboError):
 
 class TrainingError(T2VTurboError):
     """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+class TrainingInterrupted(T2VTurboError):
+    """Ctrl-C or SIGTERM during training: a checkpoint was saved at the current step (``checkpoint``)."""
+
+    def __init__(self, message: str, checkpoint: str | None = None, step: int = 0):
+        super().__init__(message)
+        self.checkpoint, self.step = checkpoint, step

@@ -9,9 +9,57 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .names import resolve_dtype
+from .names import resolve_dtype, vbench_name
 from .sampling import FALLBACK_STUDENT_STEPS, has_guidance_projection, sample_video, sampling_defaults
 from .teachers import load_teacher
+
+OUTPUT_FORMATS = ("mp4", "gif", "webm", "png")
+
+
+@dataclass
+class Planned:
+    """One video to write: its prompt, path and seed."""
+
+    prompt: str
+    path: Path
+    seed: int
+
+
+def plan_outputs(prompts: Sequence[str], out: Path | None = None, videos_per_prompt: int = 1, fmt: str = "mp4",
+                 seed: int = 0) -> list[Planned]:
+    """Where each video goes, and its seed (``seed + k`` for the k-th video of the whole plan, prompt-major, so a
+    rerun gives every video the same seed whatever is skipped).
+
+    ``out`` a folder (no suffix; default ``outputs``): ``{prompt}-{i}.{fmt}`` as VBench names them (``png``: a
+    folder of frames per video). ``out`` an ``.mp4`` / ``.gif`` / ``.webm`` file: that file for one video, else
+    ``{stem}-{k}{suffix}``. Any other suffix is an error. Every video also gets a prompt sidecar when written.
+    """
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise ConfigError("no prompts: give one or more prompts, or --prompts-file FILE")
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise ConfigError(f"prompt {empty[0] + 1} is empty; give every video a prompt")
+    if videos_per_prompt < 1:
+        raise ConfigError(f"--videos-per-prompt must be at least 1 (got {videos_per_prompt})")
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"unknown --format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    out = Path("outputs") if out is None else Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists():
+            if parent.is_file() and (parent != out or not out.suffix):
+                raise ConfigError(f"{parent} is a file, so {out} cannot be written under it; choose another --out")
+            break
+    items = [(p, i) for p in prompts for i in range(videos_per_prompt)]
+    suffix = out.suffix.lower()
+    if suffix and suffix not in (".mp4", ".gif", ".webm"):
+        raise ConfigError(f"unknown video extension {out.suffix!r} in --out; use .mp4, .gif or .webm, or a folder")
+    if suffix:
+        if len(items) == 1:
+            return [Planned(prompts[0], out, seed)]
+        return [Planned(p, out.with_name(f"{out.stem}-{k}{out.suffix}"), seed + k) for k, (p, _) in enumerate(items)]
+    ext = "" if fmt == "png" else f".{fmt}"
+    return [Planned(p, out / vbench_name(p, i, ext), seed + k) for k, (p, i) in enumerate(items)]
 
 
 @dataclass
@@ -22,6 +70,22 @@ class Written:
     mode: str
     steps: int
     seconds: float
+
+
+def check_steps(parts, mode: str, steps: int, student_meta: dict | None = None) -> None:
+    """Steps in range for the schedule: a student at most its solver grid (N, 50 by default), the teacher at most
+    the training timesteps; one line each."""
+    schedule = parts.schedule
+    if mode == "student":
+        grid = int(((student_meta or {}).get("schedule") or {}).get("origin_steps") or 50)
+        if steps > grid:
+            raise ConfigError(f"--steps {steps} is more than this student's solver grid of {grid} steps; use 1-{grid}"
+                              " (4 is what it was distilled for)")
+    else:
+        most = int(schedule.num_train_timesteps) - 1
+        if steps > most:
+            raise ConfigError(f"--steps {steps} is more than the teacher's {schedule.num_train_timesteps} training "
+                              f"timesteps allow; use 1-{most} (50 is the usual)")
 
 
 def generate_videos(
@@ -37,7 +101,7 @@ def generate_videos(
     height: int | None = None,
     width: int | None = None,
     fps: int | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     batch_size: int = 4,
     device: str = "cpu",
     dtype: str = "auto",
@@ -45,12 +109,14 @@ def generate_videos(
     notice: Callable[[str], None] = lambda msg: None,
     on_video: Callable[[Written], None] = lambda w: None,
 ) -> list[Written]:
-    """Sample ``prompts`` and write video ``i`` to ``paths[i]`` (.mp4, .gif, or a folder of PNG frames).
+    """Sample ``prompts`` and write video ``i`` to ``paths[i]`` (.mp4, .gif, .webm, or a folder of PNG frames),
+    with a prompt sidecar ``paths[i].txt`` so ``t2vturbo score`` reads each back against its own prompt.
+    ``seed``: ``seed + i`` for video i, or one seed per video.
 
     Without ``student`` and ``teacher`` the model is sampled as it is: an exported student (an LCMScheduler
     folder) with its own timesteps, a model with a guidance embedding as a student, else as a teacher.
     """
-    from .video import write_video
+    from .video import write_prompt_sidecar, write_video
 
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be at least 1 (got {steps})")
@@ -74,7 +140,8 @@ def generate_videos(
     if student is not None:
         from .formats import load_merged_student
 
-        load_merged_student(student, parts).to(device=device, dtype=dt)
+        load_merged_student(student, parts)
+        parts.to(device=device, dtype=dt)  # moves (and casts) only what differs: no diffusers float32 notice
     mode = "teacher" if teacher or student is None and not has_guidance_projection(parts.unet) else "student"
     timesteps = None
     if not teacher and student is None:
@@ -92,15 +159,23 @@ def generate_videos(
     height = defaults["height"] if height is None else height
     width = defaults["width"] if width is None else width
     fps = defaults["fps"] if fps is None else fps
+    seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != len(prompts):
+        raise ConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    check_steps(parts, mode, steps, student_meta)
+    origin = int((student_meta.get("schedule") or {}).get("origin_steps") or 50)
     written: list[Written] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts)[start : start + batch_size]
         result = sample_video(parts, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
-                              width=width, seed=seed + start, fps=fps if parts.default_fps is not None else None,
-                              decode_chunk=decode_chunk, timesteps=timesteps)
+                              width=width, seed=seeds[start : start + len(chunk)],
+                              fps=fps if parts.default_fps is not None else None,
+                              decode_chunk=decode_chunk, timesteps=timesteps, origin_steps=origin)
         per_video = result.seconds["total"] / len(chunk)
         for i, video in enumerate(result.videos):
-            item = Written(write_video(video, paths[start + i], fps=fps), mode, steps, per_video)
+            path = write_video(video, paths[start + i], fps=fps)
+            write_prompt_sidecar(path, chunk[i])
+            item = Written(path, mode, steps, per_video)
             written.append(item)
             on_video(item)
     return written

@@ -1,7 +1,8 @@
 """What ``t2vturbo score`` reads: the videos under the given paths, and each video's prompt.
 
 Prompts come from, in order: a prompts file (CSV / JSONL / TXT), a sidecar ``.txt`` with the video's stem, the
-VBench naming convention ``{prompt}-{index}.mp4``. Whatever cannot be found is a :class:`Failure` by name.
+VBench naming convention ``{prompt}-{index}.mp4`` (a stem that reads as a file name, ``s-0.mp4`` or
+``out_2-0.mp4``, is reported as ambiguous rather than scored against "s"). Whatever cannot be found is a :class:`Failure` by name.
 """
 
 from __future__ import annotations
@@ -141,12 +142,23 @@ def resolve_prompts(
             found[video] = (sidecar.read_text(encoding="utf-8").strip(), "sidecar")
             continue
         match = _VBENCH_NAME.match(video.stem if video.is_file() else video.name)
-        if match:
+        if match and not _file_like(match["prompt"]):
             found[video] = (match["prompt"].strip(), "vbench-name")
+            continue
+        if match:  # "s-0.mp4", "clip_3-1.mp4": a file name, not a prompt; never score against it
+            failures.append(Failure(str(video), f"ambiguous name: '{match['prompt']}' reads as a file name, not a "
+                                                f"prompt; add {sidecar.name} or list it in --prompts FILE"))
             continue
         hint = "the prompts file" if table else "--prompts FILE"
         failures.append(Failure(str(video), f"no prompt: add {sidecar.name}, list it in {hint}, or name it '{{prompt}}-0{video.suffix}'"))
     return found, failures
+
+
+def _file_like(stem: str) -> bool:
+    """A VBench-style stem that reads as a file name rather than a prompt: under 3 characters, an underscore,
+    or no letter ("s", "out_2", "0001"). VBench's own one-word prompts ("alley", "bakery") are prompts."""
+    stem = stem.strip()
+    return len(stem) < 3 or "_" in stem or not any(c.isalpha() for c in stem)
 
 
 def _lookup(table: Mapping[str, str], video: Path) -> str | None:

@@ -30,3 +30,9 @@ def slugify(text: str, limit: int = 60, sep: str = "-") -> str:
     while sep + sep in slug:
         slug = slug.replace(sep + sep, sep)
     return slug.strip(sep)[:limit] or "video"
+
+
+def vbench_name(prompt: str, index: int, suffix: str = ".mp4") -> str:
+    """VBench's file name for video ``index`` of ``prompt``: ``{prompt}-{index}.mp4`` (the prompt as written, a
+    path separator replaced so it stays one file name)."""
+    return f"{prompt.strip().replace('/', '_').replace(chr(0), '')}-{index}{suffix}"

@@ -95,6 +95,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if tmp_target.is_file():
             with open(tmp_target, "rb") as fh:
                 os.fsync(fh.fileno())
+        _usual_permissions(tmp_target)
         if target.is_dir() and not target.is_symlink():
             # Swap folders: move the old one aside first, then remove it once the new one is in place.
             old = tmp / (target.name + ".old")
@@ -104,6 +105,18 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp_target, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _usual_permissions(path: Path) -> None:
+    """What a plain ``open()`` / ``mkdir()`` would give under the umask (0644 / 0755 by default): temporary files
+    and some writers (safetensors) create 0600, which other users of a shared run folder could not read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    items = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in items:
+        if item.is_symlink():
+            continue
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:

@@ -89,6 +89,9 @@ def consistency_timesteps(num_steps: int, num_train_timesteps: int = NUM_TRAIN_T
     """Multistep consistency sampling timesteps as the reference picks them: 4 of 50 -> [999, 759, 519, 279]."""
     if num_steps < 1:
         raise ConfigError(f"steps must be at least 1 (got {num_steps})")
+    if num_steps > num_train_timesteps // 2:
+        raise ConfigError(f"{num_steps} consistency steps do not fit {num_train_timesteps} timesteps; use at most "
+                          f"{origin_steps} (the solver grid)")
     origin_steps = max(origin_steps, num_steps)
     grid = solver_grid(num_train_timesteps, origin_steps).tolist()[::-1]
     stride = origin_steps // num_steps
@@ -106,6 +109,9 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEP
         return [int(round(num_train_timesteps - i * ratio)) - 1 for i in range(num_steps)]
     if spacing != "leading":
         raise ConfigError(f"unsupported timestep_spacing {spacing!r}; use {' or '.join(TIMESTEP_SPACINGS)}")
+    if num_steps >= num_train_timesteps:
+        raise ConfigError(f"{num_steps} DDIM steps do not fit {num_train_timesteps} timesteps (offset 1); use at "
+                          f"most {num_train_timesteps - 1}")
     ratio = num_train_timesteps // num_steps
     return [int(t) for t in (torch.arange(num_steps) * ratio + 1).flip(0)]
 

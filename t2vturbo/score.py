@@ -8,6 +8,7 @@ reported by name and skipped; the rest is scored.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -156,6 +157,9 @@ def score_videos(
         raise ConfigError("no reward given; name at least one with --reward NAME")
     videos, failures = find_videos(paths)
     if not videos:
+        absent = [p for p in paths if not Path(p).expanduser().exists() and not glob.has_magic(str(p))]
+        if absent:
+            raise ConfigError(f"no such file or folder: {absent[0]}; pass existing videos or folders")
         raise ConfigError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found in {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}")
     prompts = read_prompts_file(prompts_file) if prompts_file else None
     prompt_of, no_prompt = resolve_prompts(videos, prompts)

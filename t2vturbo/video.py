@@ -19,6 +19,16 @@ from .safeio import atomic_path
 
 #: file suffixes read and written as videos; any other path is a folder of PNG frames
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
+
+
+def write_prompt_sidecar(video: str | os.PathLike, prompt: str) -> Path:
+    """``NAME.txt`` beside ``NAME.mp4`` (or ``FOLDER.txt`` beside a PNG folder) holding the prompt: what
+    ``t2vturbo score`` reads first, so a written video is always scored against its own prompt."""
+    video = Path(video)
+    side = video.with_suffix(".txt") if video.suffix.lower() in VIDEO_SUFFIXES else video.parent / f"{video.name}.txt"
+    with atomic_path(side) as tmp:
+        tmp.write_text(prompt.strip() + "\n", encoding="utf-8")
+    return side
 _FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 

@@ -69,10 +69,14 @@ def test_distill_writes_student_metrics_config_samples_and_curves(clips, tmp_pat
 
 def test_dry_run_loads_nothing_and_prints_the_plan(tmp_path):
     res = _cli("distill", str(REPO / "recipes" / "modelscope.yaml"), "--dry-run", "-o", str(tmp_path / "x"))
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # the run cannot start: data, the hub teacher and reward weights absent
     assert "hpsv2.1 (image) beta 2.0" in res.output and "viclip (video) beta 3.0" in res.output
     assert "missing data.path" in res.output
+    assert "not cached: hf download ali-vilab/text-to-video-ms-1.7b" in res.output
+    assert "not cached: hf download xswu/HPSv2 HPS_v2.1_compressed.pt" in res.output
     assert not (tmp_path / "x").exists()
+    res = _cli("distill", str(TINY), "--dry-run", "-o", str(tmp_path / "y"))
+    assert res.exit_code == 0 and "the run can start" in res.output, res.output
 
 
 def test_bad_recipe_is_one_line(tmp_path):

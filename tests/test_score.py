@@ -158,6 +158,9 @@ def test_cli_usage_errors_exit_2(folder):
     res = runner.invoke(app, ["score", str(folder), "--reward", "viclip", "--reward-checkpoint", "viclip"])
     assert res.exit_code == 2 and "NAME=PATH" in res.output
     res = runner.invoke(app, ["score", str(folder / "nothing-here"), "--reward", "toy-image"])
+    assert res.exit_code == 2 and "no such file or folder" in res.output  # not "no videos found": it is not there
+    (folder / "empty-dir").mkdir()
+    res = runner.invoke(app, ["score", str(folder / "empty-dir"), "--reward", "toy-image"])
     assert res.exit_code == 2 and "no videos" in res.output
 
 
