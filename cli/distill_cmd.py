@@ -55,7 +55,8 @@ def distill(
     try:
         # a progress bar only on a terminal; otherwise (a log file, CI, a cluster job) a plain line every few steps
         path = run_distill(r, out, resume=resume, log=lambda m: console.print(m, highlight=False),
-                           progress=not no_progress and console.is_terminal)
+                           progress=not no_progress and console.is_terminal,
+                           explicit=tuple(o.split("=", 1)[0].strip() for o in overrides or []))
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{err}: {again}", err.checkpoint, err.step) from None
     if path is not None:

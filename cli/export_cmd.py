@@ -37,7 +37,20 @@ def export(
     path = export_student(student, model, format=format, out_dir=out, guidance=guidance, dtype=dtype, fps=fps,
                           overwrite=overwrite)
     console.print(f"[green]wrote[/] {path} ({format}) in {time.perf_counter() - start:.1f} s", highlight=False)
-    if format == "diffusers":
+    import json
+
+    wan = (path / "model_index.json").is_file() and "Wan" in (path / "model_index.json").read_text() \
+        or (path / "pytorch_lora_weights.safetensors").is_file()
+    if wan and format == "diffusers":
+        console.print(f"  run it with: torch.manual_seed(SEED); WanPipeline.from_pretrained({str(path)!r})(prompt, "
+                      "num_inference_steps=4, guidance_scale=1.0)  (its FlowMatchLCMScheduler re-noises from torch's "
+                      "global generator)", highlight=False)
+    elif wan:
+        shift = json.loads((path / "t2vturbo.json").read_text())["run_with"]["scheduler"].get("shift")
+        console.print(f"  load it with: pipe.load_lora_weights({str(path)!r}); pipe.scheduler = "
+                      f"FlowMatchLCMScheduler(shift={shift}); then num_inference_steps=4, guidance_scale=1.0",
+                      highlight=False)
+    elif format == "diffusers":
         console.print(f"  run it with: TextToVideoSDPipeline.from_pretrained({str(path)!r})"
                       "(prompt, num_inference_steps=4, guidance_scale=1.0)", highlight=False)
     else:

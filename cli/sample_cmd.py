@@ -27,11 +27,12 @@ def sample(
     width: int | None = typer.Option(None, "--width", help="Default: as --height."),
     fps: int | None = typer.Option(None, "--fps", help="Frame rate of the output and fps condition of VideoCrafter2 (default: the model's, else 8)."),
     seed: int = typer.Option(0, "--seed", help="The k-th video of the run (prompt-major) uses seed + k."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="A folder for {prompt}-{i}.mp4 files (default outputs/), or one .mp4 / .gif / .webm file. Every video gets a {name}.txt prompt sidecar; videos already there are skipped."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="A folder for {prompt}-{i}.mp4 files (default outputs/), or one .mp4 / .gif / .webm file. Every video gets a {name}.txt prompt sidecar."),
     batch_size: int = typer.Option(4, "--batch-size", help="Prompts per batch."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="float32, float16, bfloat16 (auto: fp16 on CUDA, fp32 on CPU)."),
     decode_chunk: int = typer.Option(0, "--decode-chunk", help="VAE-decode at most this many frames at once (0 = all)."),
+    skip_existing: bool | None = typer.Option(None, "--skip-existing/--overwrite", help="Skip videos already on disk (default with --prompts-file, so an interrupted batch resumes) or write over them (default for prompts given here)."),
 ) -> None:
     """Generate videos with a distilled student (4 steps) or the teacher (DDIM + CFG)."""
     quiet_libraries()
@@ -43,7 +44,8 @@ def sample(
         read = read_prompts_file(prompts_file)
         listed += list(read.values()) if isinstance(read, dict) else list(read)
     plan = plan_outputs(listed, out, videos_per_prompt, fmt, seed)
-    todo = [p for p in plan if not p.path.exists()]
+    skip = skip_existing if skip_existing is not None else prompts_file is not None
+    todo = [p for p in plan if not (skip and p.path.exists())]
     if len(todo) < len(plan):
         console.print(f"{len(plan) - len(todo)} of {len(plan)} videos already exist; skipped", highlight=False)
     if not todo:

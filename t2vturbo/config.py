@@ -165,6 +165,12 @@ class Recipe:
     #: where metrics, checkpoints and the student go (the CLI's --output-dir wins)
     output_dir: str = "runs/distill"
 
+    def __post_init__(self):
+        grid = self.distill.num_ddim_timesteps
+        if not 1 <= self.sample.steps <= grid:
+            raise ConfigError(f"sample.steps must be in 1-{grid} (the solver grid, distill.num_ddim_timesteps); "
+                              f"got {self.sample.steps}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -433,12 +439,15 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
-def recipe_changes(saved: dict, recipe: Recipe) -> list[str]:
+def recipe_changes(saved: dict, recipe: Recipe, explicit: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The dotted keys where ``recipe`` differs from a run's saved ``config.yaml`` (as loaded by yaml), except
-    those a resume may change (RESUMABLE_CHANGES)."""
+    those a resume may change (RESUMABLE_CHANGES). ``train.max_steps`` may change only when given ``explicit``ly
+    (an override on this command line): resuming without the run's own overrides must not quietly retarget it."""
     old, new = _flatten(saved), _flatten(json.loads(json.dumps(recipe.to_dict(), default=str)))
     keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    changed = [k for k in keys if old.get(k) != new.get(k)]
+    return [k for k in changed if not k.startswith(RESUMABLE_CHANGES)
+            or (k == "train.max_steps" and k not in explicit)]
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -99,8 +99,10 @@ class Distiller:
     """One distillation run: ``setup()``, ``train()``, ``save_final()`` (``run()`` does all three)."""
 
     def __init__(self, recipe: Recipe, output_dir: str | Path, resume: bool = False,
-                 log: Callable[[str], None] = print, progress: bool = True):
+                 log: Callable[[str], None] = print, progress: bool = True, explicit: tuple[str, ...] = ()):
         self.recipe = recipe
+        #: dotted keys given as overrides on this command line (a resume may change train.max_steps only so)
+        self.explicit = tuple(explicit)
         self.out = Path(output_dir)
         self.resume = resume
         self.log = log
@@ -207,7 +209,7 @@ class Distiller:
 
             from .config import recipe_changes
 
-            changed = recipe_changes(yaml.safe_load(saved.read_text()) or {}, self.recipe)
+            changed = recipe_changes(yaml.safe_load(saved.read_text()) or {}, self.recipe, self.explicit)
             if changed:
                 raise ConfigError(f"--resume with a recipe that differs from the run's config.yaml in "
                                   f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}; resume with the "
@@ -613,7 +615,7 @@ class Distiller:
 
 
 def run_distill(recipe: Recipe, output_dir: str | Path, resume: bool = False, log=print,
-                progress: bool = True) -> Path | None:
-    """Entry point used by ``t2vturbo distill``."""
+                progress: bool = True, explicit: tuple[str, ...] = ()) -> Path | None:
+    """Entry point used by ``t2vturbo distill`` (``explicit``: the dotted keys of its command-line overrides)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return Distiller(recipe, output_dir, resume=resume, log=log, progress=progress).run()
+    return Distiller(recipe, output_dir, resume=resume, log=log, progress=progress, explicit=explicit).run()

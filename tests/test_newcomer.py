@@ -120,6 +120,9 @@ def test_resume_with_a_changed_recipe_is_refused_and_max_steps_may_grow(tmp_path
     res = _cli("distill", TINY, *changed, "-o", out, "--resume")
     _one_line_error(res, "lora.rank", "train.max_steps=N")
     assert (out / "metrics.jsonl").read_text() == before
+    # without the run's own overrides the recipe's 400 steps would quietly become the target: refused
+    others = [o for o in ov if not o.startswith("train.max_steps=")]
+    _one_line_error(_cli("distill", TINY, *others, "-o", out, "--resume"), "train.max_steps")
     longer = [o if not o.startswith("train.max_steps=") else "train.max_steps=3" for o in ov]
     res = _cli("distill", TINY, *longer, "-o", out, "--resume")
     assert res.exit_code == 0, res.output
@@ -163,3 +166,16 @@ def test_no_progress_prints_plain_step_lines(tmp_path):
 def test_offline_rewards_are_listed_in_score_help():
     res = _cli("score", "--help")
     assert "tiny-image" in res.output and "tiny-video" in res.output
+
+
+def test_ad_hoc_prompts_write_over_an_earlier_video_of_the_same_name(tmp_path):
+    """`sample P` then `sample P --teacher`: the second video is written (not skipped as an existing batch item)."""
+    out = tmp_path / "o"
+    assert _cli("sample", "a red circle moving right", "--teacher", "--steps", 2, "--out", out).exit_code == 0
+    video = out / "a red circle moving right-0.mp4"
+    first = video.read_bytes()
+    res = _cli("sample", "a red circle moving right", "--teacher", "--steps", 3, "--out", out)
+    assert res.exit_code == 0 and "already exist" not in res.output, res.output
+    assert video.read_bytes() != first
+    res = _cli("sample", "a red circle moving right", "--teacher", "--steps", 3, "--out", out, "--skip-existing")
+    assert "1 of 1 videos already exist" in res.output
