@@ -32,6 +32,9 @@ def sample(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="float32, float16, bfloat16 (auto: fp16 on CUDA, fp32 on CPU)."),
     decode_chunk: int = typer.Option(0, "--decode-chunk", help="VAE-decode at most this many frames at once (0 = all)."),
+    origin_steps: int | None = typer.Option(None, "--origin-steps", help="Student: the solver grid its steps are picked from (default: the student's, 200 for a T2V-Turbo-v2 file, else 50)."),
+    motion_guidance: float | None = typer.Option(None, "--motion-guidance", help="T2V-Turbo-v2 motion-guided students (unet_mg.pt): the motion guidance scale (default 0.05)."),
+    motion_percentage: float = typer.Option(0.3, "--motion-percentage", help="Motion guidance on the steps with t >= 1000 (1 - this)."),
     skip_existing: bool | None = typer.Option(None, "--skip-existing/--overwrite", help="Skip videos already on disk (default with --prompts-file, so an interrupted batch resumes) or write over them (default for prompts given here)."),
 ) -> None:
     """Generate videos with a distilled student (4 steps) or the teacher (DDIM + CFG)."""
@@ -54,7 +57,8 @@ def sample(
         [p.prompt for p in todo], [p.path for p in todo], model=model, student=student, teacher=teacher, steps=steps,
         guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=[p.seed for p in todo],
         batch_size=batch_size,
-        device=parse_device(device), dtype=dtype, decode_chunk=decode_chunk,
+        device=parse_device(device), dtype=dtype, decode_chunk=decode_chunk, origin_steps=origin_steps,
+        motion_guidance=motion_guidance, motion_percentage=motion_percentage,
         notice=lambda msg: console.print(msg, highlight=False),
         on_video=lambda w: console.print(f"wrote {w.path}  ({w.mode}, {w.steps} steps, {w.seconds:.2f} s/video)",
                                          highlight=False),

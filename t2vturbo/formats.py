@@ -250,7 +250,10 @@ def _pattern_value(patterns: dict[str, Any], name: str) -> Any:
 
 # --------------------------------------------------------------------------------------------- any format
 def detect_student_format(path: str | Path) -> str:
-    """``"t2vturbo"`` (our student folder / .safetensors), ``"peft"`` (peft/diffusers LoRA) or ``"official"``.
+    """``"t2vturbo"`` (our student folder / .safetensors), ``"peft"`` (peft/diffusers LoRA), ``"official"`` (a
+    T2V-Turbo v1 ``unet_lora.pt`` list) or ``"v2"`` (a released T2V-Turbo-v2 whole UNet, ``unet_mg.pt`` /
+    ``unet_no_mg.pt``: an lvdm state dict with ``time_cond_proj.weight``; motion-guided when it also holds
+    ``motion_cond_proj`` / ``combine_proj``, decided from the keys, not the file name).
 
     Raises:
         CheckpointError: the path is missing or holds none of these.
@@ -286,8 +289,11 @@ def detect_student_format(path: str | Path) -> str:
         obj = load_torch_file(path)
         if isinstance(obj, (list, tuple)):
             return "official"
+        if isinstance(obj, dict) and "time_cond_proj.weight" in obj and any(k.startswith("input_blocks.") for k in obj):
+            return "v2"
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, but an official T2V-Turbo unet_lora.pt is a "
-                              "list of tensors; pass our student folder or a peft .safetensors instead")
+                              "list of tensors and a T2V-Turbo-v2 unet_mg.pt an lvdm UNet state dict with "
+                              "time_cond_proj; pass our student folder or a peft .safetensors instead")
     raise CheckpointError(f"unknown student file type {path.suffix!r} for {path}: pass a student folder, "
                           "a .safetensors LoRA or an official unet_lora.pt")
 
@@ -317,7 +323,9 @@ def load_any_student(path: str | Path, parts: Any, module_names: Sequence[str] |
     path = Path(path)
     kind = detect_student_format(path)
     unet = parts.unet
-    if kind == "t2vturbo":
+    if kind == "v2":
+        unet = load_v2_student(path, parts)
+    elif kind == "t2vturbo":
         state, meta = read_student(path)
         load_student_weights(unet, state, meta)
     elif kind == "peft":
@@ -331,13 +339,36 @@ def load_any_student(path: str | Path, parts: Any, module_names: Sequence[str] |
     return unet.eval()
 
 
+def load_v2_student(path: str | Path, parts: Any) -> nn.Module:
+    """Replace ``parts.unet`` by a released T2V-Turbo-v2 UNet (whole weights, not an adapter), checked key by key
+    against the VideoCrafter2 conversion the parts hold; a model that is not a VC2 conversion is refused."""
+    from .convert import build_vc2_v2_unet
+
+    if getattr(parts.unet, "fps_embedding", None) is None:
+        raise CheckpointError(f"{path} is a T2V-Turbo-v2 student of VideoCrafter2; give it a VideoCrafter2 folder "
+                              "converted with `t2vturbo convert vc2 model.ckpt --out DIR` as --model")
+    state = load_torch_file(path)
+    param = next(parts.unet.parameters())
+    unet = build_vc2_v2_unet({k: v for k, v in state.items()}, dtype=param.dtype,
+                             default_fps=int(parts.unet.fps_embedding.default_fps))
+    want = {k: tuple(v.shape) for k, v in parts.unet.state_dict().items() if "lora_" not in k and "cond_proj" not in k}
+    got = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    bad = next((k for k, s in want.items() if got.get(k) != s), None)
+    if bad is not None:
+        raise CheckpointError(f"{path} does not fit the base model: {bad} is {got.get(bad)} there, {want[bad]} in the "
+                              "base; pass the VideoCrafter2 conversion it was trained from")
+    parts.unet = unet.to(device=param.device).eval().requires_grad_(False)
+    parts.extra["v2_motion"] = hasattr(unet, "motion_condition")
+    return parts.unet
+
+
 def load_merged_student(path: str | Path, parts: Any) -> nn.Module:
     """:func:`load_any_student`, then the LoRA merged into the weights: the form to sample with (an unmerged
     adapter costs ~50% more per UNet call)."""
-    from .student import merge_lora
+    from .student import lora_layers, merge_lora
 
     load_any_student(path, parts)
-    return merge_lora(parts.unet)
+    return merge_lora(parts.unet) if lora_layers(parts.unet) else parts.unet  # a v2 UNet has whole weights
 
 
 # --------------------------------------------------------------------------------------------- what a student records

@@ -14,6 +14,8 @@ from .sampling import FALLBACK_STUDENT_STEPS, has_guidance_projection, sample_vi
 from .teachers import load_teacher
 
 OUTPUT_FORMATS = ("mp4", "gif", "webm", "png")
+#: T2V-Turbo-v2's demo defaults for a motion-guided student (lcm_origin_steps 200 is the origin default for any v2)
+V2_MOTION_GUIDANCE = 0.05
 
 
 @dataclass
@@ -106,6 +108,9 @@ def generate_videos(
     device: str = "cpu",
     dtype: str = "auto",
     decode_chunk: int = 0,
+    origin_steps: int | None = None,
+    motion_guidance: float | None = None,
+    motion_percentage: float = 0.3,
     notice: Callable[[str], None] = lambda msg: None,
     on_video: Callable[[Written], None] = lambda w: None,
 ) -> list[Written]:
@@ -162,15 +167,23 @@ def generate_videos(
     seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != len(prompts):
         raise ConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    check_steps(parts, mode, steps, student_meta)
-    origin = int((student_meta.get("schedule") or {}).get("origin_steps") or 50)
+    v2 = "v2_motion" in parts.extra  # a released T2V-Turbo-v2 UNet: its demo's defaults
+    origin = int(origin_steps or (student_meta.get("schedule") or {}).get("origin_steps") or (200 if v2 else 50))
+    check_steps(parts, mode, steps, {"schedule": {"origin_steps": origin}})
+    if motion_guidance is None and parts.extra.get("v2_motion") and mode == "student":
+        motion_guidance = V2_MOTION_GUIDANCE
+    if motion_guidance is not None and not parts.extra.get("v2_motion"):
+        raise ConfigError("--motion-guidance needs a T2V-Turbo-v2 motion-guided student (unet_mg.pt)")
+    if not 0.0 <= motion_percentage <= 1.0:
+        raise ConfigError(f"--motion-percentage must be in [0, 1] (got {motion_percentage})")
     written: list[Written] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts)[start : start + batch_size]
         result = sample_video(parts, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
                               width=width, seed=seeds[start : start + len(chunk)],
                               fps=fps if parts.default_fps is not None else None,
-                              decode_chunk=decode_chunk, timesteps=timesteps, origin_steps=origin)
+                              decode_chunk=decode_chunk, timesteps=timesteps, origin_steps=origin,
+                              motion_guidance=motion_guidance, motion_percentage=motion_percentage)
         per_video = result.seconds["total"] / len(chunk)
         for i, video in enumerate(result.videos):
             path = write_video(video, paths[start + i], fps=fps)

@@ -112,15 +112,32 @@ class CountingDenoiser:
 
 
 def student_denoiser(parts: TeacherParts, cond: torch.Tensor, guidance: float,
-                     fps: torch.Tensor | None) -> CountingDenoiser:
-    """The student's f(x, t): guidance enters through its guidance embedding (one forward, no CFG batch)."""
+                     fps: torch.Tensor | None, motion: tuple[float, float] | None = None) -> CountingDenoiser:
+    """The student's f(x, t): guidance enters through its guidance embedding (one forward, no CFG batch).
+
+    ``motion`` = (motion guidance scale, percentage) for a T2V-Turbo-v2 motion-guided UNet: steps with
+    t >= T (1 - percentage) get the embedding of the scale, the others the embedding of 0 (the v2 pipeline)."""
     n = cond.shape[0]
     w_emb = None
     proj = guidance_projection(parts.unet)
     if proj is not None:
         w = torch.full((n,), float(guidance))
         w_emb = guidance_embedding(w, proj.in_features).to(parts.device, parts.dtype)
-    return CountingDenoiser(lambda x, t: parts.denoise(x, t, cond, guidance_cond=w_emb, fps=fps), n)
+    if motion is None:
+        return CountingDenoiser(lambda x, t: parts.denoise(x, t, cond, guidance_cond=w_emb, fps=fps), n)
+    from .teachers.motion import motion_schedule
+
+    scale, percentage = motion
+    dim = proj.in_features
+    on = guidance_embedding(torch.full((n,), float(scale)), dim).to(parts.device, parts.dtype)
+    off = guidance_embedding(torch.zeros(n), dim).to(parts.device, parts.dtype)
+    total = parts.schedule.num_train_timesteps
+
+    def fn(x, t):
+        m_emb = on if motion_schedule([int(t[0])], percentage, total)[0] else off
+        return parts.denoise(x, t, cond, guidance_cond=w_emb, fps=fps, motion_cond=m_emb)
+
+    return CountingDenoiser(fn, n)
 
 
 def guided_denoiser(parts: TeacherParts, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
@@ -206,6 +223,8 @@ def sample_video(
     decode: bool = True,
     decode_chunk: int = 0,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    motion_guidance: float | None = None,
+    motion_percentage: float = 0.3,
 ) -> SampleOutput:
     """Generate videos for ``prompts``.
 
@@ -218,6 +237,8 @@ def sample_video(
         fps: frame rate for fps-conditioned models (VideoCrafter2); default the model's.
         timesteps: explicit timesteps (decreasing), overriding the ones derived from ``steps``.
         decode_chunk: VAE-decode at most this many frames at once (0 = all) to cap memory.
+        motion_guidance: T2V-Turbo-v2 motion-guided students: the motion guidance scale (None: no motion input),
+            given on the first ``motion_percentage`` of the timestep range.
     """
     if mode not in ("student", "teacher"):
         raise ConfigError(f"mode must be 'student' or 'teacher', got {mode!r}")
@@ -242,7 +263,8 @@ def sample_video(
     seconds["text"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     if mode == "student":
-        model = student_denoiser(parts, cond, guidance, fps_t)
+        motion = None if motion_guidance is None else (float(motion_guidance), float(motion_percentage))
+        model = student_denoiser(parts, cond, guidance, fps_t, motion)
         latents = consistency_sample(model, noises[0], timesteps, parts.schedule, noises[1:], callback)
     else:
         model = guided_denoiser(parts, cond, parts.encode_text([negative_prompt] * n), guidance, fps_t)

@@ -221,3 +221,19 @@ def layout_of(unet: nn.Module) -> UNetLayout:
     cfg = unet.config
     return UNetLayout(len(cfg.block_out_channels), int(cfg.layers_per_block),
                       tuple("CrossAttn" in t for t in cfg.down_block_types), tuple(cfg.block_out_channels))
+
+
+def build_vc2_v2_unet(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                      default_fps: int = DEFAULT_FPS) -> nn.Module:
+    """A released T2V-Turbo-v2 student (``unet_mg.pt`` / ``unet_no_mg.pt``: a whole lvdm UNet state dict with
+    ``time_cond_proj`` and, when motion-guided, ``motion_cond_proj`` + ``combine_proj``) as our UNet: the VC2 keys
+    checked one by one as for the teacher, the motion projections attached beside it (teachers/motion.py)."""
+    from ..teachers.motion import attach_motion_condition, split_motion_state
+
+    rest, motion = split_motion_state(state)
+    if "time_cond_proj.weight" not in rest:
+        raise CheckpointError("not a T2V-Turbo-v2 student: no time_cond_proj.weight (a v1 LoRA list or a teacher?)")
+    unet = build_vc2_unet(rest, dtype=dtype, default_fps=default_fps)
+    if motion:
+        attach_motion_condition(unet, motion)
+    return unet

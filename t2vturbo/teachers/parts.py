@@ -75,12 +75,13 @@ class TeacherParts:
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_cond: torch.Tensor | None = None,
                 fps: torch.Tensor | int | None = None, network: nn.Module | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                motion_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) of the UNet at ``x`` (B, C, F, h, w), timesteps ``t`` (B,), text states ``text``;
         ``guidance_cond`` is a student's guidance embedding, ``fps`` VideoCrafter2's frame rate; ``network`` runs
         instead of ``self.unet`` (its DDP wrapper while distilling). The UNet's own output (epsilon or v, as the
         schedule says) is converted by :meth:`VPSchedule.to_x0_eps`."""
-        out = call_unet(network if network is not None else self.unet, x, t, text, timestep_cond=guidance_cond, fps=fps)
+        out = call_unet(network if network is not None else self.unet, x, t, text, timestep_cond=guidance_cond, fps=fps,
+                        motion_cond=motion_cond)
         return self.schedule.to_x0_eps(out, x, t)
 
     def to(self, device=None, dtype=None) -> TeacherParts:
@@ -100,6 +101,7 @@ def call_unet(
     encoder_hidden_states: torch.Tensor,
     timestep_cond: torch.Tensor | None = None,
     fps: torch.Tensor | int | None = None,
+    motion_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The one place that calls a UNet: returns epsilon for (B, C, F, H, W) latents.
 
@@ -107,8 +109,9 @@ def call_unet(
     ModelScope-style UNets ignore it.
     """
     from .fps import fps_input
+    from .motion import motion_input
 
-    with fps_input(unet, fps):
+    with fps_input(unet, fps), motion_input(unet, motion_cond):
         return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
                     return_dict=False)[0]
 
