@@ -96,7 +96,12 @@ def write_diffusers_pipeline(parts: Any, folder: Path, guidance: float, origin_s
     from diffusers import LCMScheduler, TextToVideoSDPipeline
 
     unet = parts.unet
-    merge_lora(unet)
+    if lora_layers(unet):  # a released T2V-Turbo-v2 UNet has whole weights: nothing to merge
+        merge_lora(unet)
+    if hasattr(unet, "motion_condition"):
+        # a stock pipeline has no input for v2's motion condition (given on the first steps only): the export is
+        # the motion-free variant, exactly the student run without a motion condition
+        del unet.motion_condition
     fold_guidance(unet, guidance)
     fold_fps(unet, fps)
     scheduler = LCMScheduler.from_config(lcm_scheduler_config(parts.schedule, base_spec, origin_steps))
@@ -290,6 +295,10 @@ def export_student(
             info.update(guidance_embedding="sin/cos of w*1000, 256-d (t2vturbo.consistency.guidance_embedding)",
                         default_guidance=meta.get("default_guidance", 7.5), fps=meta.get("fps"))
         else:
+            if "v2_motion" in parts.extra:
+                info.update(motion_guidance=("dropped: a stock pipeline cannot give the motion condition on the first "
+                                             "steps only; this folder is the student without it" if
+                                             parts.extra["v2_motion"] else "none in this student"))
             folded_fps = fps if fps is not None else parts.default_fps
             write_diffusers_pipeline(parts, tmp, guidance, origin, base, torch_dtype(dtype), fps)
             info.update(guidance_folded=float(guidance), fps_folded=folded_fps, run_with={"guidance_scale": 1.0})

@@ -137,3 +137,31 @@ def test_sampler_gives_the_motion_embedding_only_on_the_first_steps(tmp_path, mo
     assert [t for t, _ in seen] == [999, 749, 499, 249]
     assert seen[0][1] > 0 and seen[1][1] > 0  # sin part of embed(0.05) is not zero: motion on at t >= 700
     assert seen[2][1] == 0 and seen[3][1] == 0  # embed(0): 128 zeros then 128 ones, not "no condition"
+
+
+def test_v2_export_is_the_motion_free_student_in_stock_diffusers(tmp_path):
+    from diffusers import UNet3DConditionModel
+
+    from t2vturbo.consistency import guidance_embedding
+    from t2vturbo.export import export_student
+    from t2vturbo.formats import load_any_student
+    from t2vturbo.teachers import load_teacher
+
+    folder = _converted_vc2(tmp_path)
+    out = export_student(_fixture("unet_mg.pt"), folder, format="diffusers", out_dir=tmp_path / "exp", guidance=7.5)
+    import json
+
+    assert "dropped" in json.loads((out / "t2vturbo.json").read_text())["motion_guidance"]
+    stock = UNet3DConditionModel.from_pretrained(out / "unet").eval()
+    parts = load_teacher(folder)
+    load_any_student(_fixture("unet_mg.pt"), parts)
+    inp = load_file(_fixture("inputs.safetensors"))
+    x, t, ctx = inp["x"][:1], inp["timesteps"][:1], inp["context"][:1]
+    w = guidance_embedding(torch.tensor([7.5]))
+    with torch.no_grad():
+        ours = call_unet(parts.unet, x, t, ctx, timestep_cond=w, fps=parts.default_fps)
+        theirs = stock(x, t, encoder_hidden_states=ctx).sample
+        with_motion = call_unet(parts.unet, x, t, ctx, timestep_cond=w, fps=parts.default_fps,
+                                motion_cond=guidance_embedding(torch.tensor([0.05])))
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    assert (with_motion - ours).abs().max() > 1e-3  # what the export cannot express
