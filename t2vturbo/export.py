@@ -136,7 +136,9 @@ def write_wan_pipeline(parts: Any, folder: Path, guidance: float, dtype: torch.d
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     pipe.save_pretrained(folder, safe_serialization=True)
-    (Path(folder) / "t2vturbo_defaults.json").write_text(json.dumps(parts.stored_defaults, indent=1))
+    from .teachers import DEFAULTS_FILE
+
+    (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(parts.stored_defaults, indent=1))
 
 
 WAN_LORA_FILE = "pytorch_lora_weights.safetensors"

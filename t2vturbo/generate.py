@@ -74,12 +74,11 @@ class Written:
     seconds: float
 
 
-def check_steps(parts, mode: str, steps: int, student_meta: dict | None = None) -> None:
-    """Steps in range for the schedule: a student at most its solver grid (N, 50 by default), the teacher at most
-    the training timesteps; one line each."""
+def check_steps(parts, mode: str, steps: int, grid: int = 50) -> None:
+    """Steps in range for the schedule: a student at most its solver grid (``grid``), the teacher at most the
+    training timesteps; one line each."""
     schedule = parts.schedule
     if mode == "student":
-        grid = int(((student_meta or {}).get("schedule") or {}).get("origin_steps") or 50)
         if steps > grid:
             raise ConfigError(f"--steps {steps} is more than this student's solver grid of {grid} steps; use 1-{grid}"
                               " (4 is what it was distilled for)")
@@ -169,7 +168,7 @@ def generate_videos(
         raise ConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
     v2 = "v2_motion" in parts.extra  # a released T2V-Turbo-v2 UNet: its demo's defaults
     origin = int(origin_steps or (student_meta.get("schedule") or {}).get("origin_steps") or (200 if v2 else 50))
-    check_steps(parts, mode, steps, {"schedule": {"origin_steps": origin}})
+    check_steps(parts, mode, steps, origin)
     if motion_guidance is None and parts.extra.get("v2_motion") and mode == "student":
         motion_guidance = V2_MOTION_GUIDANCE
     if motion_guidance is not None and not parts.extra.get("v2_motion"):

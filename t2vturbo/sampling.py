@@ -84,11 +84,9 @@ def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], count:
 def guidance_projection(network) -> torch.nn.Module | None:
     """A student's guidance projection: ``time_embedding.cond_proj`` of a UNet, or
     ``condition_embedder.time_embedder.cond_proj`` of a Wan transformer; None on a plain teacher."""
-    net = getattr(network, "module", network)
-    te = getattr(net, "time_embedding", None)
-    if te is None and hasattr(net, "condition_embedder"):
-        te = net.condition_embedder.time_embedder
-    return getattr(te, "cond_proj", None) if te is not None else None
+    from .student import time_embedding_of
+
+    return getattr(time_embedding_of(network), "cond_proj", None)
 
 
 def has_guidance_projection(network) -> bool:

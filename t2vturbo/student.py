@@ -61,7 +61,9 @@ def time_embedding_path(net: nn.Module) -> str:
 
 
 def time_embedding_of(net: nn.Module) -> nn.Module:
-    """The TimestepEmbedding that takes the guidance projection (``time_embedding`` of a UNet)."""
+    """The TimestepEmbedding that takes the guidance projection (``time_embedding`` of a UNet,
+    ``condition_embedder.time_embedder`` of a Wan transformer); a DDP wrapper is looked through."""
+    net = getattr(net, "module", net)
     return net.get_submodule(time_embedding_path(net))
 
 

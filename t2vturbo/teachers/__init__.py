@@ -1,10 +1,10 @@
 """Teachers: the parts a teacher hands the rest of t2vturbo, the UNet3D family, and ``load_teacher``."""
 
 from .base import Teacher
+from .common import DEFAULTS_FILE
 from .fps import FPSEmbedding, attach_fps_embedding, load_fps_embedding, save_fps_embedding
 from .loading import load_teacher
 from .parts import (
-    DEFAULTS_FILE,
     FALLBACK_FPS,
     FALLBACK_FRAMES,
     VAE_SCALE,

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..safeio import load_weights
+from .common import OneCallHook
 
 DEFAULT_FPS = 16
 FPS_FILE = "fps_embedding.safetensors"
@@ -74,7 +75,7 @@ def attach_fps_embedding(unet: nn.Module, fps: FPSEmbedding) -> FPSEmbedding:
     return fps
 
 
-class fps_input:  # noqa: N801 - used as a context manager, like torch.no_grad
+class fps_input(OneCallHook):  # noqa: N801 - used as a context manager, like torch.no_grad
     """Within the block, the UNet's time embedding output gets ``fps_embedding(fps)`` added (VC2's
     ``emb + fps_embedding(fps)``); a UNet without an fps embedding is left alone. ``fps`` None means the
     embedding's ``default_fps``."""
@@ -83,21 +84,14 @@ class fps_input:  # noqa: N801 - used as a context manager, like torch.no_grad
         net = getattr(unet, "module", unet)  # unwrap DDP
         self.module: FPSEmbedding | None = getattr(net, "fps_embedding", None)
         self.target = net.time_embedding if self.module is not None else None
-        self.fps, self.handle = fps, None
+        self.fps = fps
 
     def _add(self, module, args, output):
         value = self.module.fps_for_batch(self.fps, output.shape[0], output.device)
         return output + self.module(value).to(output.dtype)
 
-    def __enter__(self):
-        if self.module is not None:
-            self.handle = self.target.register_forward_hook(self._add)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
-        return False
+    def register(self):
+        return self.target.register_forward_hook(self._add) if self.module is not None else None
 
 
 def save_fps_embedding(fps: FPSEmbedding, unet_dir: str | Path) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .common import OneCallHook
 
 MOTION_KEYS = ("motion_cond_proj.weight", "combine_proj.weight")
 
@@ -59,13 +60,13 @@ def attach_motion_condition(unet: nn.Module, motion_state: dict[str, torch.Tenso
     return unet.motion_condition
 
 
-class motion_input:  # noqa: N801 - used as a context manager, like torch.no_grad
+class motion_input(OneCallHook):  # noqa: N801 - used as a context manager, like torch.no_grad
     """Within the block the UNet's time embedding takes ``t_emb + combine_proj(cat[cond_proj(w_emb),
     motion_cond_proj(m_emb)])``; ``m_emb`` None leaves the UNet as it is (the v2 reference's motion_cond=None)."""
 
     def __init__(self, unet: nn.Module, m_emb: torch.Tensor | None):
         net = getattr(unet, "module", unet)
-        self.m_emb, self.handle = m_emb, None
+        self.m_emb = m_emb
         self.module = getattr(net, "motion_condition", None)
         self.target = net.time_embedding
         if m_emb is not None and self.module is None:
@@ -81,15 +82,9 @@ class motion_input:  # noqa: N801 - used as a context manager, like torch.no_gra
         combined = self.module(term, self.m_emb.to(sample.device))
         return (sample + combined.to(sample.dtype), None), {}
 
-    def __enter__(self):
-        if self.m_emb is not None:
-            self.handle = self.target.register_forward_pre_hook(self._hook, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
-        return False
+    def register(self):
+        return (self.target.register_forward_pre_hook(self._hook, with_kwargs=True) if self.m_emb is not None
+                else None)
 
 
 def motion_schedule(timesteps: list[int], percentage: float = 0.3, num_train_timesteps: int = 1000) -> list[bool]:

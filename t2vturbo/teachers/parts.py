@@ -14,12 +14,11 @@ import torch
 from torch import nn
 
 from ..schedules import VPSchedule
+from .common import move_modules
 
 VAE_SCALE = 0.18215
 #: frames and fps when neither the student nor the model says (ModelScope's and VideoCrafter2's 16 frames)
 FALLBACK_FRAMES, FALLBACK_FPS = 16, 8
-#: the file in a model folder that holds its sampling defaults (frames, fps, guidance)
-DEFAULTS_FILE = "t2vturbo_defaults.json"
 
 
 @dataclass
@@ -85,10 +84,7 @@ class TeacherParts:
         return self.schedule.to_x0_eps(out, x, t)
 
     def to(self, device=None, dtype=None) -> TeacherParts:
-        for m in (self.unet, self.vae, self.text_encoder):
-            p = next(m.parameters())
-            if (device is not None and p.device != torch.device(device)) or (dtype is not None and p.dtype != dtype):
-                m.to(device=device, dtype=dtype)
+        move_modules((self.unet, self.vae, self.text_encoder), device, dtype)
         if device is not None:
             self.schedule.to(device)
         return self

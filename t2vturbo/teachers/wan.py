@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MissingWeightError
+from ..errors import ConfigError
 from ..schedules import FlowSchedule
+from .common import DEFAULTS_FILE, OneCallHook, load_folder, move_modules
 
 WAN_HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 #: the model card's defaults (480p, 81 frames at 16 fps, guidance 5.0 in the form uncond + g (cond - uncond))
 WAN_DEFAULTS = {"frames": 81, "height": 480, "width": 832, "fps": 16, "guidance": 5.0}
 #: WanPipeline pads every prompt's embeddings with zeros to this many tokens
 MAX_SEQUENCE_LENGTH = 512
-DEFAULTS_FILE = "t2vturbo_defaults.json"
 
 #: the tiny Wan: diffusers' own test sizes for the transformer and VAE, a 2-layer UMT5 over the tiny tokenizer
 TINY_WAN_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
@@ -160,20 +160,12 @@ class WanTeacher:
         return self.schedule.to_x0_eps(v, x, t)
 
     def to(self, device=None, dtype=None) -> WanTeacher:
-        for m in (self.transformer, self.vae, self.text_encoder):
-            p = next(m.parameters())
-            if (device is not None and p.device != torch.device(device)) or (dtype is not None and p.dtype != dtype):
-                m.to(device=device, dtype=dtype)
+        move_modules((self.transformer, self.vae, self.text_encoder), device, dtype)
         return self
 
 
 # ---------------------------------------------------------------------------------------------- guidance input
-def time_embedder(transformer: nn.Module) -> nn.Module:
-    """The diffusers ``TimestepEmbedding`` of a Wan transformer (where a student's guidance projection sits)."""
-    return getattr(transformer, "module", transformer).condition_embedder.time_embedder
-
-
-class guidance_input:  # noqa: N801 - used as a context manager, like torch.no_grad
+class guidance_input(OneCallHook):  # noqa: N801 - used as a context manager, like torch.no_grad
     """Within the block, every call of the transformer's time embedder gets ``condition=w_emb``.
 
     Wan's transformer has no ``timestep_cond`` argument, but its time embedder is diffusers' ``TimestepEmbedding``,
@@ -182,8 +174,10 @@ class guidance_input:  # noqa: N801 - used as a context manager, like torch.no_g
     """
 
     def __init__(self, transformer: nn.Module, w_emb: torch.Tensor | None):
-        self.embedder = time_embedder(transformer)
-        self.w_emb, self.handle = w_emb, None
+        from ..student import time_embedding_of
+
+        self.embedder = time_embedding_of(transformer)
+        self.w_emb = w_emb
         if w_emb is not None and getattr(self.embedder, "cond_proj", None) is None:
             raise ConfigError("a guidance embedding was given but this Wan transformer has no guidance projection "
                               "(condition_embedder.time_embedder.cond_proj); load it as a student")
@@ -192,15 +186,9 @@ class guidance_input:  # noqa: N801 - used as a context manager, like torch.no_g
         w = self.w_emb.to(args[0].device, module.cond_proj.weight.dtype)
         return args, {**kwargs, "condition": w}
 
-    def __enter__(self):
-        if self.w_emb is not None:
-            self.handle = self.embedder.register_forward_pre_hook(self._hook, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
-        return False
+    def register(self):
+        return (self.embedder.register_forward_pre_hook(self._hook, with_kwargs=True) if self.w_emb is not None
+                else None)
 
 
 # ---------------------------------------------------------------------------------------------- building / loading
@@ -255,29 +243,15 @@ def load_wan_teacher(spec: str) -> WanTeacher:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    from ..hub import resolve_pretrained_dir
-
     how = f"model.teacher (distill) or --model (sample, export), e.g. {WAN_HUB_ID}"
-    root = Path(resolve_pretrained_dir(spec, "transformer/ vae/ text_encoder/ tokenizer/ scheduler/", how))
-    for sub in ("transformer", "vae", "text_encoder", "tokenizer"):
-        if not (root / sub).is_dir():
-            raise MissingWeightError(f"{root} has no {sub}/ folder; a Wan folder needs transformer/ vae/ text_encoder/ "
-                                     f"tokenizer/ (get it with `hf download {WAN_HUB_ID} --local-dir DIR`)")
-    try:
-        transformer = WanTransformer3DModel.from_pretrained(root / "transformer")
-        vae = AutoencoderKLWan.from_pretrained(root / "vae")
-        text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder")
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    except OSError as err:
-        first = str(err).splitlines()[0]
-        raise MissingWeightError(f"cannot load the Wan model at {root}: {first}; get it with "
-                                 f"`hf download {WAN_HUB_ID} --local-dir DIR`") from None
-    sched_path = root / "scheduler" / "scheduler_config.json"
-    sched = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
-    defaults_path = root / DEFAULTS_FILE
-    stored = {**WAN_DEFAULTS, **(json.loads(defaults_path.read_text()) if defaults_path.is_file() else {})}
-    return WanTeacher(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                      schedule=FlowSchedule.from_scheduler_config(sched), name=str(spec), stored_defaults=stored)
+    get = f"get it with `hf download {WAN_HUB_ID} --local-dir DIR`"
+    folder = load_folder(spec, {"transformer": WanTransformer3DModel, "vae": AutoencoderKLWan,
+                                "text_encoder": UMT5EncoderModel, "tokenizer": AutoTokenizer},
+                         "a Wan folder", how, get, "cannot load the Wan model")
+    m = folder.modules
+    return WanTeacher(transformer=m["transformer"], vae=m["vae"], text_encoder=m["text_encoder"],
+                      tokenizer=m["tokenizer"], schedule=FlowSchedule.from_scheduler_config(folder.scheduler_config),
+                      name=str(spec), stored_defaults={**WAN_DEFAULTS, **folder.stored_defaults})
 
 
 def save_wan_teacher(teacher: WanTeacher, folder: Path) -> None:
