@@ -35,6 +35,7 @@ def score(
     max_frames: int | None = typer.Option(
         None, "--max-frames", min=1, help="Image rewards: score at most N evenly spaced frames per video (default: all)."
     ),
+    workers: int = typer.Option(0, "--workers", min=0, help="Threads decoding videos ahead of the rewards (0: up to 4)."),
 ) -> None:
     """Score videos with one or more reward models (exit code 0: all scored, 1: some files failed, 2: usage error)."""
     from t2vturbo.errors import ConfigError
@@ -78,6 +79,7 @@ def score(
             dtype=run_dtype,
             checkpoints=checkpoints,
             max_frames=max_frames,
+            workers=workers,
             on_progress=on_progress,
         )
     if report is None:  # another process of a torchrun launch: rank 0 reports

@@ -23,7 +23,7 @@ from .errors import ConfigError, VideoReadError
 from .inputs import Failure, find_videos, read_prompts_file, resolve_prompts
 from .rewards import strided_frame_indices
 from .safeio import atomic_path, save_json
-from .video import VIDEO_SUFFIXES, read_video
+from .video import VIDEO_SUFFIXES, read_video_frames
 
 
 @dataclass
@@ -101,14 +101,15 @@ def _fmt(value: float | None) -> str:
 # Scoring
 
 
-def _select_frames(frames: torch.Tensor, model: torch.nn.Module, max_frames: int | None) -> torch.Tensor:
-    total = frames.shape[0]
+def _frame_selection(total: int, model: torch.nn.Module, max_frames: int | None) -> list[int]:
+    """The frame indices a reward scores out of a video of ``total`` frames: a video reward its own count
+    (strided, repeated for short clips), an image reward every frame or ``max_frames`` strided ones."""
     need = getattr(model, "num_frames", None) if getattr(model, "kind", "image") == "video" else None
     if need:
-        return frames[strided_frame_indices(total, need, repeat=True)]
+        return strided_frame_indices(total, need, repeat=True)
     if max_frames and total > max_frames:
-        return frames[strided_frame_indices(total, max_frames)]
-    return frames
+        return strided_frame_indices(total, max_frames)
+    return list(range(total))
 
 
 def score_videos(
@@ -123,13 +124,15 @@ def score_videos(
     max_frames: int | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
     shard: tuple[int, int] | None = None,
+    workers: int = 0,
 ) -> ScoreReport:
     """Score every video under ``paths`` with each reward.
 
     Args:
         paths: files, folders (searched recursively for mp4/gif/webm) or glob patterns.
-        rewards: registry names (or ``module:factory``), each loaded once, run over all videos, then freed; or
-            ``(name, model)`` pairs for rewards already loaded (kept).
+        rewards: registry names (or ``module:factory``), all loaded before scoring starts (a missing weight fails
+            before any video is read) and freed at the end; or ``(name, model)`` pairs already loaded (kept).
+            Each video is decoded once for all of them, and only the frames they score are converted.
         prompts_file: CSV / JSONL / TXT prompts (see :func:`read_prompts_file`); else sidecars / VBench names.
         batch_size: videos per forward pass (videos of equal frame count and size are batched together).
         device, dtype: where the rewards run.
@@ -140,6 +143,7 @@ def score_videos(
         shard: ``(rank, world_size)``: score only every world_size-th video (sorted order) starting at rank;
             failures found before scoring (no prompt, bad path) are reported by rank 0 alone. Merge the
             per-rank reports with :func:`merge_reports`.
+        workers: threads decoding videos ahead of the rewards (0: up to 4, at most the CPU count).
 
     Returns:
         A :class:`ScoreReport`; unreadable files and videos without a prompt are in ``failures``.
@@ -177,46 +181,62 @@ def score_videos(
     total, done = len(pending) * len(rewards), 0
     checkpoints = checkpoints or {}
     reward_options = reward_options or {}
+    if workers < 0:
+        raise ConfigError(f"workers must be 0 (automatic) or more, got {workers}")
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    models: list[tuple[str, torch.nn.Module]] = []
+    owned: list[torch.nn.Module] = []
     for item in rewards:
         if isinstance(item, tuple):
-            name, model = item
+            models.append(item)
         else:
-            name = item
-            model = load_reward(name, checkpoint=checkpoints.get(name), device=device, dtype=dtype, **reward_options.get(name, {}))
-        buckets: dict[tuple[int, ...], list[tuple[Path, torch.Tensor]]] = {}
-        unreadable: list[Path] = []
+            model = load_reward(item, checkpoint=checkpoints.get(item), device=device, dtype=dtype,
+                                **reward_options.get(item, {}))
+            models.append((item, model))
+            owned.append(model)
 
-        def flush(key, name=name, model=model, buckets=buckets):
-            nonlocal done
-            batch = buckets.pop(key)
-            _score_batch(model, name, batch, entries, report, device)
-            done += len(batch)
+    def pick(count: int) -> list[int]:  # every frame any reward scores
+        return sorted({j for _, m in models for j in _frame_selection(count, m, max_frames)})
+
+    buckets: dict[tuple[int, tuple[int, ...]], list[tuple[Path, torch.Tensor]]] = {}
+
+    def flush(key):
+        nonlocal done
+        batch = buckets.pop(key)
+        name, model = models[key[0]]
+        _score_batch(model, name, batch, entries, report, device)
+        done += len(batch)
+        if on_progress:
+            on_progress(done, total, name)
+
+    unreadable: list[Path] = []
+    for video, read in _prefetch(pending, lookahead=batch_size * len(models), workers=workers, pick=pick):
+        if isinstance(read, VideoReadError):
+            report.failures.append(Failure(str(video), str(read)))
+            unreadable.append(video)
+            done += len(models)
             if on_progress:
-                on_progress(done, total, name)
-
-        for video, frames in _prefetch(pending, lookahead=batch_size):
-            if isinstance(frames, VideoReadError):
-                report.failures.append(Failure(str(video), str(frames)))
-                unreadable.append(video)
-                done += len(rewards)  # it will not be tried by the other rewards either
-                if on_progress:
-                    on_progress(done, total, name)
-                continue
-            entries[video].frames = frames.shape[0]
-            frames = _select_frames(frames, model, max_frames)
-            key = tuple(frames.shape)
-            buckets.setdefault(key, []).append((video, frames))
+                on_progress(done, total, models[0][0])
+            continue
+        frames, indices, count = read
+        entries[video].frames = count
+        pos = {j: k for k, j in enumerate(indices)}
+        for i, (_, model) in enumerate(models):
+            chosen = frames[[pos[j] for j in _frame_selection(count, model, max_frames)]]
+            key = (i, tuple(chosen.shape))
+            buckets.setdefault(key, []).append((video, chosen))
             if len(buckets[key]) >= batch_size:
                 flush(key)
-            elif sum(map(len, buckets.values())) >= 2 * batch_size:
+            elif sum(map(len, buckets.values())) >= 2 * batch_size * len(models):
                 # many different sizes: do not hold the whole folder in memory waiting for full batches
                 flush(max(buckets, key=lambda k: len(buckets[k])))
-        for key in list(buckets):
-            flush(key)
-        pending = [v for v in pending if v not in unreadable]
-        del model
-        if str(device).startswith("cuda"):
-            torch.cuda.empty_cache()
+    for key in list(buckets):
+        flush(key)
+    pending = [v for v in pending if v not in unreadable]
+    models.clear()  # free the rewards this call loaded
+    owned.clear()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
     report.videos = [entries[v] for v in pending if entries[v].scores]
     return report
 
@@ -266,21 +286,25 @@ def _score_batch(model, name: str, batch, entries: dict[Path, VideoScore], repor
         entries[video].scores[name] = score
 
 
-def _prefetch(videos: Sequence[Path], lookahead: int) -> Iterator[tuple[Path, torch.Tensor | VideoReadError]]:
-    """Decode videos in a background thread, ``lookahead`` ahead of the consumer (decoding overlaps scoring)."""
+def _prefetch(videos: Sequence[Path], lookahead: int, workers: int = 1,
+              pick: Callable[[int], Sequence[int]] | None = None,
+              ) -> Iterator[tuple[Path, tuple[torch.Tensor, list[int], int] | VideoReadError]]:
+    """Decode videos on ``workers`` background threads (PyAV decodes without the GIL), up to ``lookahead`` ahead
+    of the consumer, in order: decoding overlaps scoring. Yields ``(path, (frames, indices, total))`` with only
+    the frames ``pick`` names, or ``(path, VideoReadError)``."""
 
-    def read(path: Path) -> torch.Tensor | VideoReadError:
+    def read(path: Path):
         try:
-            return read_video(path)
+            return read_video_frames(path, pick)
         except VideoReadError as err:
             return err
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         queue: list[tuple[Path, Future]] = []
         it = iter(videos)
         for video in it:
             queue.append((video, pool.submit(read, video)))
-            if len(queue) > lookahead:
+            if len(queue) > max(lookahead, workers):
                 break
         while queue:
             video, fut = queue.pop(0)

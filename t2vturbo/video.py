@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,19 +47,39 @@ def read_video(path: str | os.PathLike) -> torch.Tensor:
     Raises:
         VideoReadError: the path is missing, empty, not a video, or cannot be decoded (one line naming it).
     """
+    return read_video_frames(path)[0]
+
+
+def read_video_frames(path: str | os.PathLike,
+                      pick: Callable[[int], Sequence[int]] | None = None) -> tuple[torch.Tensor, list[int], int]:
+    """Decode only the frames a caller needs: ``pick(total)`` names them from the video's frame count.
+
+    Returns ``(frames, indices, total)``: ``frames`` (K, 3, H, W) in [0, 1] are the frames at ``indices`` (the
+    sorted, distinct indices ``pick`` named; all frames without ``pick``), ``total`` the video's frame count.
+    Frames that are not picked are decoded (inter-frame codecs need them) but never converted to RGB, and
+    decoding stops after the last picked frame. Errors as :func:`read_video`.
+    """
     path = Path(path)
     if path.is_dir():
-        frames = _read_frame_folder(path)
-    else:
-        if not path.exists():
-            raise VideoReadError(f"video not found: {path}")
-        if path.stat().st_size == 0:
-            raise VideoReadError(f"cannot read video {path}: the file is empty (0 bytes)")
-        frames = _decode_file(path)
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+        return _read_frame_folder(path, pick)
+    if not path.exists():
+        raise VideoReadError(f"video not found: {path}")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"cannot read video {path}: the file is empty (0 bytes)")
+    return _decode_file(path, pick)
 
 
-def _decode_file(path: Path) -> np.ndarray:
+def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _picked(pick, total: int) -> list[int]:
+    if pick is None:
+        return list(range(total))
+    return sorted({int(i) for i in pick(total) if 0 <= int(i) < total})
+
+
+def _decode_file(path: Path, pick=None) -> tuple[torch.Tensor, list[int], int]:
     import av
 
     try:
@@ -67,7 +88,17 @@ def _decode_file(path: Path) -> np.ndarray:
                 raise VideoReadError(f"cannot read video {path}: it has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            declared = int(stream.frames or 0)  # from the container's header; 0 when it does not say
+            wanted = set(_picked(pick, declared)) if declared and pick is not None else None
+            last = max(wanted) if wanted else None
+            frames, indices, count = [], [], 0
+            for frame in container.decode(stream):
+                if wanted is None or count in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    indices.append(count)
+                count += 1
+                if last is not None and count > last:
+                    break
     except VideoReadError:
         raise
     except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
@@ -75,21 +106,33 @@ def _decode_file(path: Path) -> np.ndarray:
         raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
     if not frames:
         raise VideoReadError(f"cannot read video {path}: it holds no frames")
-    return np.stack(frames)
+    if wanted is None:  # everything was decoded: pick from the true count now
+        keep = _picked(pick, count)
+        return _to_tensor([frames[i] for i in keep]), keep, count
+    if indices != sorted(wanted):  # the header's count was wrong: decode it all
+        return _decode_all_then_pick(path, pick)
+    return _to_tensor(frames), indices, declared
+
+
+def _decode_all_then_pick(path: Path, pick) -> tuple[torch.Tensor, list[int], int]:
+    frames, _, total = _decode_file(path, None)
+    keep = _picked(pick, total)
+    return frames[keep], keep, total
 
 
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _read_frame_folder(folder: Path) -> np.ndarray:
+def _read_frame_folder(folder: Path, pick=None) -> tuple[torch.Tensor, list[int], int]:
     from PIL import Image
 
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES), key=lambda p: _natural_key(p.name))
     if not files:
         raise VideoReadError(f"cannot read video {folder}: the folder holds no PNG/JPEG frames")
+    keep = _picked(pick, len(files))
     frames = []
-    for f in files:
+    for f in (files[i] for i in keep):
         try:
             with Image.open(f) as im:
                 img = np.asarray(im.convert("RGB"))
@@ -99,7 +142,7 @@ def _read_frame_folder(folder: Path) -> np.ndarray:
         frames.append(img)
     if len({f.shape for f in frames}) != 1:
         raise VideoReadError(f"cannot read video {folder}: its frames have different sizes")
-    return np.stack(frames)
+    return _to_tensor(frames), keep, len(files)
 
 
 def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8.0) -> Path:

@@ -216,3 +216,34 @@ def test_already_loaded_reward_is_used_and_named(tmp_path):
     given = score_videos([tmp_path], [("my-colour", reward)])
     assert given.rewards == ["my-colour"]
     assert given.videos[0].scores["my-colour"] == pytest.approx(by_name.videos[0].scores["toy-image"])
+
+
+def test_each_video_is_decoded_once_for_all_rewards(tmp_path, monkeypatch):
+    """Two rewards, one decode per video, and only the frames the rewards score are asked for."""
+    import t2vturbo.score as score_mod
+    from t2vturbo.video import read_video_frames
+
+    calls = []
+
+    def counting(path, pick=None):
+        out = read_video_frames(path, pick)
+        calls.append((path.name, out[1]))
+        return out
+
+    monkeypatch.setattr(score_mod, "read_video_frames", counting)
+    for i in range(3):
+        write_video(_clip((1, 0, 0), t=12, seed=i), tmp_path / f"a red ball-{i}.mp4", fps=8)
+    report = score_videos([tmp_path], ["toy-image", "toy-video"],
+                          max_frames=3, workers=2)
+    assert report.ok and len(report.videos) == 3
+    assert sorted(name for name, _ in calls) == [f"a red ball-{i}.mp4" for i in range(3)]
+    from t2vturbo.rewards import load_reward, strided_frame_indices
+
+    video_frames = load_reward("toy-video").num_frames
+    want = sorted(set(strided_frame_indices(12, 3)) | set(strided_frame_indices(12, video_frames, repeat=True)))
+    assert all(indices == want for _, indices in calls) and len(want) < 12
+    one_by_one = {r: score_videos([tmp_path], [r], max_frames=3, workers=1) for r in ("toy-image", "toy-video")}
+    for v in report.videos:
+        for r, alone in one_by_one.items():
+            match = next(a for a in alone.videos if a.path == v.path)
+            assert v.scores[r] == pytest.approx(match.scores[r], abs=1e-6)

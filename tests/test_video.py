@@ -67,3 +67,24 @@ def test_write_rejects_wrong_shape(tmp_path):
     with pytest.raises(ValueError, match="T, 3, H, W"):
         write_video(torch.rand(3, 8, 8), tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.gif", "frames"])
+def test_read_only_the_picked_frames(tmp_path, name):
+    """read_video_frames converts only what pick(total) names (sorted, distinct, in range) and says the total."""
+    from t2vturbo.video import read_video_frames
+
+    path = write_video(_smooth_clip(t=9), tmp_path / name, fps=8)
+    every = read_video(path)
+    asked = []
+
+    def pick(total):
+        asked.append(total)
+        return [6, 1, 1, 42, 3]
+
+    frames, indices, total = read_video_frames(path, pick)
+    assert total == 9 and asked and set(asked) == {9}
+    assert indices == [1, 3, 6]
+    assert torch.equal(frames, every[indices])
+    whole, all_idx, n = read_video_frames(path)
+    assert n == 9 and all_idx == list(range(9)) and torch.equal(whole, every)
