@@ -10,7 +10,8 @@ model (random weights, fixed seed; bench/midsize.py) on the same random clips, w
   the student UNet that also gives the target; the student's forward with grad runs FIRST, then the teacher's
   cond and uncond passes as two calls and the target, while the student's activations are held.
 
-Gradient checkpointing is not offered: diffusers' UNet3DConditionModel does not support it.
+No rewards here (bench/device_report.py measures the step with both rewards, and with the recipe's
+`train.gradient_checkpointing`, which checkpoints the UNet's down / mid / up blocks).
 
 Each variant runs in a fresh subprocess so peaks do not mix: peak RSS above the process after its imports
 (resource.getrusage) on CPU, torch.cuda.max_memory_allocated on CUDA.

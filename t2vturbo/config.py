@@ -129,8 +129,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     #: a non-finite loss skips the step; this many in a row stop the run (with a checkpoint)
     max_nonfinite: int = 10
-    #: VAE-decode at most this many frames at once (0 = all) in the reward branch
+    #: VAE-decode at most this many frames at once (0 = all; with reward_checkpointing 2) in the reward branch
     decode_chunk: int = 0
+    #: keep no VAE-decoder activations for the rewards' backward: each chunk of frames is decoded again there
+    reward_checkpointing: bool = True
     #: torch CPU threads (0 = torch's default)
     num_threads: int = 0
 
@@ -427,7 +429,7 @@ def check_files(recipe: Recipe) -> None:
 
 #: keys a resumed run may change: how long it goes on and how it runs, not what it trains
 RESUMABLE_CHANGES = ("train.max_steps", "train.num_threads", "train.checkpoint_every", "train.keep_checkpoints",
-                     "output_dir", "model.device", "sample.prompts", "sample.steps", "sample.guidance", "sample.seed")
+                     "train.decode_chunk", "train.reward_checkpointing", "output_dir", "model.device", "sample.prompts", "sample.steps", "sample.guidance", "sample.seed")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -444,8 +446,10 @@ def recipe_changes(saved: dict, recipe: Recipe, explicit: tuple[str, ...] | list
     those a resume may change (RESUMABLE_CHANGES). ``train.max_steps`` may change only when given ``explicit``ly
     (an override on this command line): resuming without the run's own overrides must not quietly retarget it."""
     old, new = _flatten(saved), _flatten(json.loads(json.dumps(recipe.to_dict(), default=str)))
+    default = _flatten(json.loads(json.dumps(Recipe().to_dict(), default=str)))
     keys = sorted(set(old) | set(new))
-    changed = [k for k in keys if old.get(k) != new.get(k)]
+    # a key the saved run predates counts as unchanged while it keeps its default
+    changed = [k for k in keys if old.get(k) != new.get(k) and not (k not in old and new.get(k) == default.get(k))]
     return [k for k in changed if not k.startswith(RESUMABLE_CHANGES)
             or (k == "train.max_steps" and k not in explicit)]
 

@@ -339,7 +339,7 @@ class Distiller:
             else:
                 wanted[i] = strided_frame_indices(f, rc.frames or model.num_frames or f)
         union = sorted({j for idx in wanted.values() for j in idx})
-        pixels = self.parts.decode_video(pred.to(self.parts.dtype), frames=union, chunk=self.recipe.train.decode_chunk)
+        pixels = self._decode_for_rewards(pred.to(self.parts.dtype), union)
         pos = {j: k for k, j in enumerate(union)}
         total = pred.new_zeros(())
         vals = {}
@@ -349,6 +349,21 @@ class Distiller:
             total = total + rc.weight * score
             vals[f"reward/{rc.name}"] = float(score.detach())
         return total, vals
+
+    def _decode_for_rewards(self, latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """Decode ``frames`` of the prediction for the rewards. With ``train.reward_checkpointing`` the decoder's
+        activations are not kept: each chunk (``train.decode_chunk`` frames, default 2) is decoded again in the
+        backward pass, so the reward branch holds only pixels. A causal video VAE (Wan) is one chunk: its frames
+        depend on every latent frame before them."""
+        t = self.recipe.train
+        if not (t.reward_checkpointing and torch.is_grad_enabled() and latents.requires_grad):
+            return self.parts.decode_video(latents, frames=frames, chunk=t.decode_chunk)
+        from torch.utils.checkpoint import checkpoint
+
+        size = len(frames) if getattr(self.parts, "temporal_factor", 1) > 1 else (t.decode_chunk or 2)
+        groups = [frames[i : i + size] for i in range(0, len(frames), size)]
+        return torch.cat([checkpoint(self.parts.decode_video, latents, group, use_reentrant=False)
+                          for group in groups], dim=1)
 
     def _ema_weights(self):
         """Within the block the trainable weights are the EMA copy (no-op for the online target)."""

@@ -32,3 +32,27 @@ def test_a_few_steps_on_the_shipped_teacher_raise_both_rewards(tmp_path):
         d.optimizer.zero_grad(set_to_none=True)
     after = rewards()
     assert after[0] > before[0] and after[1] > before[1], (before, after)
+
+
+def test_reward_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
+    """Decoding the reward frames in chunks under checkpointing changes memory, not the maths."""
+    out = {}
+    for name, extra in (("kept", ["train.reward_checkpointing=false"]),
+                        ("checkpointed", ["train.reward_checkpointing=true", "train.decode_chunk=3"])):
+        recipe = load_recipe(REPO / "recipes" / "tiny.yaml",
+                             ["train.batch_size=2", "sample.prompts=[]", "lora.rank=4", *extra])
+        d = Distiller(recipe, tmp_path / name, progress=False, log=lambda m: None)
+        d.setup()
+        pixels, captions = d.stream.next_batch()
+        calls = []
+        decode = d.parts.decode_video
+        d.parts.decode_video = lambda *a, calls=calls, decode=decode, **k: calls.append(1) or decode(*a, **k)
+        loss, metrics = d.training_step(pixels, captions)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for _, p in sorted(d.unet.named_parameters()) if p.grad is not None])
+        out[name] = (loss.detach(), metrics["reward/tiny-image"], grads, len(calls))
+    kept, ckpt = out["kept"], out["checkpointed"]
+    torch.testing.assert_close(ckpt[0], kept[0], atol=1e-6, rtol=1e-5)
+    assert abs(ckpt[1] - kept[1]) < 1e-6
+    torch.testing.assert_close(ckpt[2], kept[2], atol=1e-7, rtol=1e-4)
+    assert kept[3] == 1 and ckpt[3] > 2  # one decode kept, against chunks decoded twice (forward + backward)
