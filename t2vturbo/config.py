@@ -131,8 +131,12 @@ class TrainConfig:
     max_nonfinite: int = 10
     #: VAE-decode at most this many frames at once (0 = all; with reward_checkpointing 2) in the reward branch
     decode_chunk: int = 0
-    #: keep no VAE-decoder activations for the rewards' backward: each chunk of frames is decoded again there
+    #: keep no VAE-decoder or reward-model activations for the rewards' backward: each chunk of frames is
+    #: decoded again there, and each reward model runs again, one at a time
     reward_checkpointing: bool = True
+    #: the rewards' gradient first, on a student prediction made without a graph: the reward branch and the
+    #: student's graph are never alive together (one more student forward without grad)
+    split_reward_backward: bool = False
     #: torch CPU threads (0 = torch's default)
     num_threads: int = 0
 
@@ -429,7 +433,8 @@ def check_files(recipe: Recipe) -> None:
 
 #: keys a resumed run may change: how long it goes on and how it runs, not what it trains
 RESUMABLE_CHANGES = ("train.max_steps", "train.num_threads", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.decode_chunk", "train.reward_checkpointing", "output_dir", "model.device", "sample.prompts", "sample.steps", "sample.guidance", "sample.seed")
+                     "train.decode_chunk", "train.reward_checkpointing", "train.split_reward_backward",
+                     "output_dir", "model.device", "sample.prompts", "sample.steps", "sample.guidance", "sample.seed")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

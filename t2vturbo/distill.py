@@ -285,6 +285,12 @@ class Distiller:
 
         x_prev, target = self.teacher_and_target(x_t, t_start, t_end, cond, uncond, w_dev, w_emb, fps)
 
+        metrics: dict[str, float] = {}
+        split = bool(self.rewards) and self.recipe.train.split_reward_backward and torch.is_grad_enabled()
+        if split:  # 6 before 5: the rewards' gradient on a graph-free prediction, then the student's graph
+            reward_grad, rewards_total, reward_vals = self._reward_gradient(x_t, t_start, cond, w_emb, fps,
+                                                                            captions, gen)
+
         # 5. Student's single-step prediction (with grad) at t_start, through the DDP wrapper.
         with self.acc.autocast():
             x0_s, _ = parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, fps=fps, network=self.ddp_unet)
@@ -292,9 +298,13 @@ class Distiller:
         loss_cd = consistency_loss(pred, target, d.loss, d.huber_c)
 
         # 6. Mixed reward feedback on the decoded single-step prediction (no sampling chain: bounded memory).
-        metrics: dict[str, float] = {}
         loss = loss_cd
-        if self.rewards:
+        if split:
+            # value cd - sum(beta R); gradient d cd + (dR/dpred) . dpred, the chain rule through the same pred
+            linear = (pred * reward_grad).sum()
+            loss = loss - (rewards_total + linear - linear.detach())
+            metrics.update(reward_vals)
+        elif self.rewards:
             rewards_total, reward_vals = self._reward_terms(pred, captions, gen)
             loss = loss - rewards_total
             metrics.update(reward_vals)
@@ -328,6 +338,21 @@ class Distiller:
             target = self.schedule.consistency_output(x_prev.float(), x0_tgt.float(), t_end)
         return x_prev, target
 
+    def _reward_gradient(self, x_t, t_start, cond, w_emb, fps, captions, gen):
+        """``train.split_reward_backward``: (d sum(beta R) / d pred, sum(beta R), per-reward means) from the
+        student's prediction computed without a graph. The reward branch's activations are then freed before the
+        student's graph is built, so the step's peak holds one of the two, not both; the cost is one more student
+        forward without grad. Its dropout masks are drawn from a forked RNG, so the forward with grad that
+        follows draws the same ones and predicts the same ``pred``."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self.acc.autocast():
+            x0, _ = self.parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, fps=fps, network=self.unet)
+        pred = self.schedule.consistency_output(x_t.float(), x0.float(), t_start).detach().requires_grad_(True)
+        del x0
+        total, vals = self._reward_terms(pred, captions, gen)
+        (grad,) = torch.autograd.grad(total, pred)
+        return grad, total.detach(), vals
+
     def _reward_terms(self, pred: torch.Tensor, captions: list[str], gen: torch.Generator):
         """Decode only the frames the rewards need, once; return sum(beta * R) and the per-reward means."""
         f = (pred.shape[2] - 1) * getattr(self.parts, "temporal_factor", 1) + 1  # pixel frames (Wan: 1 + 4k)
@@ -343,9 +368,15 @@ class Distiller:
         pos = {j: k for k, j in enumerate(union)}
         total = pred.new_zeros(())
         vals = {}
+        recompute = self.recipe.train.reward_checkpointing and torch.is_grad_enabled() and pixels.requires_grad
         for i, (rc, model) in enumerate(self.rewards):
-            frames = pixels[:, [pos[j] for j in wanted[i]]]
-            score = model(frames.float(), captions).float().mean()
+            frames = pixels[:, [pos[j] for j in wanted[i]]].float()
+            if recompute:  # keep no reward-model activations: its forward runs again, alone, in the backward
+                from torch.utils.checkpoint import checkpoint
+
+                score = checkpoint(model, frames, captions, use_reentrant=False).float().mean()
+            else:
+                score = model(frames, captions).float().mean()
             total = total + rc.weight * score
             vals[f"reward/{rc.name}"] = float(score.detach())
         return total, vals
@@ -353,7 +384,8 @@ class Distiller:
     def _decode_for_rewards(self, latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
         """Decode ``frames`` of the prediction for the rewards. With ``train.reward_checkpointing`` the decoder's
         activations are not kept: each chunk (``train.decode_chunk`` frames, default 2) is decoded again in the
-        backward pass, so the reward branch holds only pixels. A causal video VAE (Wan) is one chunk: its frames
+        backward pass, so the reward branch holds only pixels (and each reward model's forward is checkpointed
+        too, in ``_reward_terms``). A causal video VAE (Wan) is one chunk: its frames
         depend on every latent frame before them."""
         t = self.recipe.train
         if not (t.reward_checkpointing and torch.is_grad_enabled() and latents.requires_grad):

@@ -34,11 +34,15 @@ def test_a_few_steps_on_the_shipped_teacher_raise_both_rewards(tmp_path):
     assert after[0] > before[0] and after[1] > before[1], (before, after)
 
 
-def test_reward_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
-    """Decoding the reward frames in chunks under checkpointing changes memory, not the maths."""
+def test_reward_memory_options_give_the_same_loss_and_gradients(tmp_path):
+    """Decoding the reward frames in chunks under checkpointing, and taking the rewards' gradient before the
+    student's graph (split_reward_backward), change memory, not the maths."""
     out = {}
-    for name, extra in (("kept", ["train.reward_checkpointing=false"]),
-                        ("checkpointed", ["train.reward_checkpointing=true", "train.decode_chunk=3"])):
+    variants = {"kept": ["train.reward_checkpointing=false"],
+                "checkpointed": ["train.reward_checkpointing=true", "train.decode_chunk=3"],
+                "split": ["train.reward_checkpointing=false", "train.split_reward_backward=true", "lora.dropout=0.3"],
+                "joint": ["train.reward_checkpointing=false", "lora.dropout=0.3"]}
+    for name, extra in variants.items():
         recipe = load_recipe(REPO / "recipes" / "tiny.yaml",
                              ["train.batch_size=2", "sample.prompts=[]", "lora.rank=4", *extra])
         d = Distiller(recipe, tmp_path / name, progress=False, log=lambda m: None)
@@ -47,12 +51,14 @@ def test_reward_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
         calls = []
         decode = d.parts.decode_video
         d.parts.decode_video = lambda *a, calls=calls, decode=decode, **k: calls.append(1) or decode(*a, **k)
+        torch.manual_seed(5)  # the LoRA dropout masks
         loss, metrics = d.training_step(pixels, captions)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for _, p in sorted(d.unet.named_parameters()) if p.grad is not None])
         out[name] = (loss.detach(), metrics["reward/tiny-image"], grads, len(calls))
-    kept, ckpt = out["kept"], out["checkpointed"]
-    torch.testing.assert_close(ckpt[0], kept[0], atol=1e-6, rtol=1e-5)
-    assert abs(ckpt[1] - kept[1]) < 1e-6
-    torch.testing.assert_close(ckpt[2], kept[2], atol=1e-7, rtol=1e-4)
-    assert kept[3] == 1 and ckpt[3] > 2  # one decode kept, against chunks decoded twice (forward + backward)
+    for a, b in (("checkpointed", "kept"), ("split", "joint")):
+        torch.testing.assert_close(out[a][0], out[b][0], atol=1e-6, rtol=1e-5)
+        assert abs(out[a][1] - out[b][1]) < 1e-6
+        torch.testing.assert_close(out[a][2], out[b][2], atol=1e-7, rtol=1e-4)
+    assert not torch.allclose(out["joint"][2], out["kept"][2])  # dropout 0.3 vs 0.1: the masks matter
+    assert out["kept"][3] == 1 and out["checkpointed"][3] > 2  # chunks decoded again in the backward
