@@ -57,6 +57,53 @@ def no_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
+@torch.no_grad()
+def add_frame_code(layer, scale: float = 0.6) -> None:
+    """Initialise one diffusers TemporalConvLayer so that it adds a code of the frame index to the first channels
+    of the residual stream, built from its zero padding alone (the same for every input).
+
+    diffusers' UNet3D has no temporal position: its temporal attention is permutation-equivariant over frames and
+    only the zero padding of the kernel-3 temporal convolutions tells frames apart, which a small model does not
+    learn to use in a CPU budget (at pure noise it then cannot say where a moving object is in frame f, and draws
+    it still). Here conv1 turns input channel 0 into a constant (GroupNorm weight 0, bias 2); conv1 shifts it one
+    frame either way (so the first / last frame read the padding), conv2-conv4 shift further and mix, and conv4
+    writes the result, centred, into the stream. The code channels fill whole GroupNorm groups, so their
+    normalisation never sees the content channels; everything stays trainable and the architecture is stock."""
+    convs = [layer.conv1, layer.conv2, layer.conv3, layer.conv4]
+    group = layer.in_dim // convs[0][0].num_groups
+    n = group * math.ceil(8 / group)
+    taps0 = [(1, 0, 0), (0, 0, 1), (0, 1, 0), (1, 1, 0), (0, 1, 1), (1, 0, 0), (0, 0, 1), (0, 1, 0)]
+    convs[0][0].weight[0] = 0.0
+    convs[0][0].bias[0] = 2.0
+    for i, seq in enumerate(convs):
+        gn, conv = seq[0], seq[-1]
+        conv.weight[:n] = 0.0
+        conv.bias[:n] = 0.0
+        conv.weight[n:, :n] = 0.0  # the content channels do not read the code at init
+        if i > 0:
+            gn.weight[:n] = 0.5  # a monotone range of SiLU
+            gn.bias[:n] = 2.0
+        for k in range(n):
+            if i == 0:
+                conv.weight[k, 0, :, 0, 0] = torch.tensor(taps0[k % 8], dtype=conv.weight.dtype)
+            else:
+                conv.weight[k, k, :, 0, 0] = torch.tensor((1.0, 0.0, 0.0) if k % 2 == 0 else (0.0, 0.0, 1.0))
+                conv.weight[k, (k + 2) % n, 1, 0, 0] += 0.5
+    last = convs[3][-1]
+    last.weight[:n] *= scale
+    probe = torch.zeros(8, layer.in_dim, 1, 1)
+    training = layer.training
+    layer.eval()  # the layer's dropout would make the probe a random draw
+    code = (layer(probe, num_frames=8) - probe)[:, :n, 0, 0]  # (frames, n): the padding's code
+    layer.train(training)
+    last.bias[:n] = -code.mean(dim=0)
+
+
+def frame_code_layers(unet) -> list:
+    """The temporal convolutions that get a frame code: the first of the top and of the bottom level."""
+    return [unet.down_blocks[0].temp_convs[0], unet.down_blocks[-1].temp_convs[0]]
+
+
 # ----------------------------------------------------------------------------------------------------------- VAE
 
 
@@ -250,7 +297,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                stop_after: int | None = None, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
                eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
                extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800,
-               zero_snr: bool = False) -> None:
+               zero_snr: bool = False, frame_code: bool = False) -> None:
     """DDPM training of the UNet (the prediction type of tiny.SCHEDULER_CONFIG). Every random draw of step ``i`` comes from (seed, i), so a run stopped
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
@@ -283,6 +330,9 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
 
     torch.manual_seed(seed)
     unet = UNet3DConditionModel(**tiny.UNET_CONFIG)
+    if frame_code:
+        for layer in frame_code_layers(unet):
+            add_frame_code(layer)
     no_dropout(unet)
     unet.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -297,7 +347,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         meta = json.loads(ckpt.with_suffix(".json").read_text())
         if (meta["steps"] != steps or meta["batch"] != batch or meta["lr"] != lr or meta["seed"] != seed
                 or meta.get("high_frac", 0.0) != high_frac or meta.get("high_from", 800) != high_from
-                or meta.get("zero_snr", False) != zero_snr):
+                or meta.get("zero_snr", False) != zero_snr or meta.get("frame_code", False) != frame_code):
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
@@ -322,7 +372,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         save_file(tensors, tmp)
         meta = {"step": step, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "running": running,
                 "high_frac": high_frac, "high_from": high_from, "zero_snr": zero_snr,
-                "elapsed": elapsed + time.time() - t0}
+                "frame_code": frame_code, "elapsed": elapsed + time.time() - t0}
         ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
         tmp.replace(ckpt)
         ckpt.with_suffix(".json.tmp").replace(ckpt.with_suffix(".json"))
@@ -383,7 +433,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     copy.deepcopy(ema).half().save_pretrained(out / "unet", safe_serialization=True)
     _update_stats(out, {"unet_steps": steps, "unet_extend_steps": extend, "unet_extend_lr": extend_lr,
                         "unet_trained_steps": end, "unet_high_noise_frac": high_frac,
-                        "unet_high_noise_from": high_from, "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
+                        "unet_high_noise_from": high_from, "unet_zero_snr": zero_snr, "unet_frame_code": frame_code,
+                        "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
                         "unet_seconds": round(elapsed + time.time() - t0, 1), "unet_final_loss_avg": running,
                         "unet_params": sum(p.numel() for p in unet.parameters()),
                         "text_encoder": f"random frozen, build_tiny_teacher({seed})"})
@@ -467,6 +518,8 @@ def main() -> None:
     ap.add_argument("--high-noise-from", type=int, default=800)
     ap.add_argument("--zero-snr", action="store_true",
                     help="train on the zero-terminal-SNR v-prediction schedule (tiny.ZERO_SNR_SCHEDULER_CONFIG)")
+    ap.add_argument("--frame-code", action="store_true",
+                    help="initialise two temporal convolutions to write a code of the frame index (add_frame_code)")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -482,7 +535,8 @@ def main() -> None:
         train_unet(args.out, args.seed, args.unet_steps, args.unet_batch, args.unet_lr, args.caption_dropout,
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
                    guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
-                   high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr)
+                   high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr,
+                   frame_code=args.frame_code)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 

@@ -1,0 +1,42 @@
+"""The teacher training script's frame-code initialisation (an option tried for motion; README, tiny world)."""
+
+import importlib.util
+
+import torch
+from conftest import REPO
+from diffusers import UNet3DConditionModel
+
+from t2vturbo.tiny import teacher as tiny
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_tiny_teacher", REPO / "scripts" / "train_tiny_teacher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frame_code_is_a_distinct_input_free_code_per_frame():
+    script = _script()
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(**tiny.UNET_CONFIG)
+    layer = script.frame_code_layers(unet)[0]
+    stock = UNet3DConditionModel(**tiny.UNET_CONFIG).down_blocks[0].temp_convs[0]
+    script.add_frame_code(layer)
+    layer.eval()  # the script trains with dropout off (no_dropout)
+    frames, channels = 8, layer.in_dim
+    deltas = []
+    for seed in (1, 2):
+        x = torch.randn(frames, channels, 4, 4, generator=torch.Generator().manual_seed(seed))
+        deltas.append((layer(x, num_frames=frames) - x).detach())
+        # the stock layer adds nothing at init (zero last conv): the code is all the change, in the code channels
+        assert torch.equal(stock(x, num_frames=frames), x)
+    group = channels // layer.conv1[0].num_groups
+    n = group * -(-8 // group)
+    torch.testing.assert_close(deltas[0][:, :n], deltas[1][:, :n])  # the same for any input
+    assert deltas[0][:, n:].abs().max() == 0  # the content channels are untouched
+    code = deltas[0][:, :n, 0, 0]
+    torch.testing.assert_close(code, deltas[0][:, :n, 2, 3])  # the same at every pixel
+    assert code.mean(0).abs().max() < 1e-5  # centred over the frames
+    gaps = torch.cdist(code, code) + torch.eye(frames) * 1e3
+    assert gaps.min() > 1e-3  # every frame's code differs from every other's
