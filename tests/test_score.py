@@ -247,3 +247,15 @@ def test_each_video_is_decoded_once_for_all_rewards(tmp_path, monkeypatch):
         for r, alone in one_by_one.items():
             match = next(a for a in alone.videos if a.path == v.path)
             assert v.scores[r] == pytest.approx(match.scores[r], abs=1e-6)
+
+
+def test_the_tiny_rewards_score_in_bfloat16_on_a_cpu(tmp_path):
+    """`score --dtype bfloat16` with the embedded rewards (their antialiased resize has no bf16 CPU kernel)."""
+    for i in range(2):
+        write_video(_clip((1, 0, 0), t=8, seed=i), tmp_path / f"a red circle moving left-{i}.mp4", fps=8)
+    full = score_videos([tmp_path], ["tiny-image", "tiny-video"])
+    half = score_videos([tmp_path], ["tiny-image", "tiny-video"], dtype=torch.bfloat16)
+    assert full.ok and half.ok and len(half.videos) == 2
+    for a, b in zip(full.videos, half.videos, strict=True):
+        for r in ("tiny-image", "tiny-video"):
+            assert b.scores[r] == pytest.approx(a.scores[r], abs=0.03)

@@ -119,7 +119,8 @@ class TinyReward(RewardModel):
         """(B, T, D) per-frame embeddings (image) or (B, D) clip embeddings (video, of its strided frames)."""
         if self.num_frames is not None and frames.shape[1] != self.num_frames:
             frames = frames[:, strided_frame_indices(frames.shape[1], self.num_frames)]
-        frames = self._resize(frames.to(self.text.embed.weight.dtype))
+        # resized in float32 (antialiased bilinear has no bfloat16 CPU kernel), then in the weights' precision
+        frames = self._resize(frames.float()).to(self.text.embed.weight.dtype)
         b, t = frames.shape[:2]
         if self.kind == "image":
             return self.visual(frames.flatten(0, 1)).reshape(b, t, -1)
