@@ -324,8 +324,9 @@ def make_recipe(args):
     recipe.train.reward_checkpointing = args.reward_checkpointing
     recipe.train.split_reward_backward = args.split
     recipe.train.optimizer = args.optimizer
-    recipe.rewards = [RewardConfig(name="hpsv2.1", weight=IMAGE_BETA, frames=IMAGE_FRAMES),
-                      RewardConfig(name="viclip", weight=VIDEO_BETA)]
+    reward_dtype = args.reward_dtype or args.dtype
+    recipe.rewards = [RewardConfig(name="hpsv2.1", weight=IMAGE_BETA, frames=IMAGE_FRAMES, dtype=reward_dtype),
+                      RewardConfig(name="viclip", weight=VIDEO_BETA, dtype=reward_dtype)]
     return recipe
 
 
@@ -374,8 +375,9 @@ def distill_ours(args, device):
 
     dtype = getattr(torch, args.dtype)
     distill.load_teacher = lambda spec, device, dtype: build_parts(args.size).to(device=device, dtype=dtype)
-    rewards = dict(build_rewards(args.size, device, dtype))
-    distill.load_reward = lambda name, **_: rewards[name]
+    reward_dtype = getattr(torch, args.reward_dtype) if args.reward_dtype else dtype
+    rewards = dict(build_rewards(args.size, device, reward_dtype))
+    distill.load_reward = lambda name, dtype=None, **_: rewards[name]
     distill.make_stream = lambda *a, **k: None  # the bench feeds its own clips
     out = tempfile.mkdtemp(prefix="t2vturbo-report-")
     d = distill.Distiller(make_recipe(args), out, log=lambda _: None, progress=False)
@@ -560,6 +562,9 @@ def plan(args) -> list[dict]:
         runs.append(dict(task="distill", variant="ours", dtype=last, checkpointing=True, optimizer="adamw"))
         runs.append(dict(task="distill", variant="ours", dtype=last, checkpointing=True, optimizer="adamw",
                          split=True))
+        if last == "float32":  # the frozen rewards' weights in bf16 (rewards[].dtype), nothing recomputed
+            runs.append(dict(task="distill", variant="ours", dtype=last, checkpointing=False, optimizer="adamw",
+                             reward_checkpointing=False, reward_dtype="bfloat16"))
         if cuda:
             runs.append(dict(task="distill", variant="ours", dtype=last, checkpointing=True, optimizer="adamw8bit"))
     if "score" in only:
@@ -573,6 +578,8 @@ def label(run: dict) -> str:
         extra.append("no reward checkpointing")
     if run.get("split"):
         extra.append("split reward backward")
+    if run.get("reward_dtype"):
+        extra.append(f"rewards in {run['reward_dtype']}")
     if run.get("checkpointing"):
         extra.append("checkpointing")
     if run.get("optimizer") == "adamw8bit":
@@ -667,6 +674,7 @@ def main() -> None:
     ap.add_argument("--no-reward-checkpointing", dest="reward_checkpointing", action="store_false",
                     help=argparse.SUPPRESS)
     ap.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reward-dtype", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.task:
         child(args)
@@ -691,6 +699,7 @@ def main() -> None:
         cmd += ["--checkpointing"] if run.get("checkpointing") else []
         cmd += ["--no-reward-checkpointing"] if run.get("reward_checkpointing") is False else []
         cmd += ["--split"] if run.get("split") else []
+        cmd += ["--reward-dtype", run["reward_dtype"]] if run.get("reward_dtype") else []
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

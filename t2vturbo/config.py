@@ -93,11 +93,17 @@ class RewardConfig:
     checkpoint: str | None = None
     #: image rewards: M random frames decoded; video rewards: frames evenly strided (None = the reward's own)
     frames: int | None = None
+    #: precision of the frozen reward model's weights (float32, bfloat16, float16); the reward's gradient flows
+    #: back into the float32 frames either way. bfloat16 halves the reward's weight memory.
+    dtype: str = "float32"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.name:
             raise ConfigError("rewards[].name is required")
+        from .names import torch_dtype
+
+        torch_dtype(self.dtype, f"rewards[{self.name}].dtype")
 
 
 @dataclass

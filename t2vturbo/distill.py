@@ -151,7 +151,8 @@ class Distiller:
         # 2. Rewards (frozen), every configured reward on every rank.
         self.rewards: list[tuple[Any, RewardModel]] = []
         for rc in r.rewards:
-            model = load_reward(rc.name, checkpoint=rc.checkpoint, device=self.device, **rc.options)
+            model = load_reward(rc.name, checkpoint=rc.checkpoint, device=self.device,
+                                dtype=torch_dtype(rc.dtype, f"rewards[{rc.name}].dtype"), **rc.options)
             self.rewards.append((rc, model))
 
         # 3. Optimizer over the LoRA + guidance projection only.

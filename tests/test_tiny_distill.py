@@ -62,3 +62,34 @@ def test_reward_memory_options_give_the_same_loss_and_gradients(tmp_path):
         torch.testing.assert_close(out[a][2], out[b][2], atol=1e-7, rtol=1e-4)
     assert not torch.allclose(out["joint"][2], out["kept"][2])  # dropout 0.3 vs 0.1: the masks matter
     assert out["kept"][3] == 1 and out["checkpointed"][3] > 2  # chunks decoded again in the backward
+
+
+def test_rewards_in_bfloat16_train_and_a_bad_dtype_is_one_line(tmp_path):
+    """rewards[].dtype: the frozen reward weights in bfloat16, the gradient still reaches the float32 LoRA."""
+    import pytest
+
+    from t2vturbo.errors import ConfigError
+
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        recipe = load_recipe(REPO / "recipes" / "tiny.yaml",
+                             ["train.batch_size=2", "sample.prompts=[]", "lora.rank=4", "train.learning_rate=3e-3"])
+        for rc in recipe.rewards:
+            rc.dtype = dtype
+        d = Distiller(recipe, tmp_path / dtype, progress=False, log=lambda m: None)
+        d.setup()
+        assert {next(m.parameters()).dtype for _, m in d.rewards} == {getattr(torch, dtype)}
+        pixels, captions = d.stream.next_batch()
+        for _ in range(2):  # the LoRA B starts at zero: a second step sees the reward's gradient on A too
+            d.step = 0
+            loss, metrics = d.training_step(pixels, captions)
+            loss.backward()
+            d.optimizer.step()
+            d.optimizer.zero_grad(set_to_none=True)
+        trained = [p for p in d.unet.parameters() if p.requires_grad]
+        assert torch.isfinite(loss) and all(p.dtype == torch.float32 for p in trained)
+        scores[dtype] = metrics["reward/tiny-image"], metrics["reward/tiny-video"]
+    for a, b in zip(scores["float32"], scores["bfloat16"], strict=True):
+        assert abs(a - b) < 0.03, scores  # the same reward to bfloat16's precision
+    with pytest.raises(ConfigError, match=r"rewards\[tiny-image\]\.dtype must be one of"):
+        load_recipe(REPO / "recipes" / "tiny.yaml", ["rewards=[{name: tiny-image, dtype: float8}]"])
