@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from t2vturbo.tiny import teacher as tiny
+from t2vturbo.tiny import world
 from t2vturbo.tiny.judge import judge
 from t2vturbo.tiny.world import all_captions, random_clips, random_params, render
 
@@ -297,7 +298,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                stop_after: int | None = None, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
                eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
                extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800,
-               zero_snr: bool = False, frame_code: bool = False) -> None:
+               zero_snr: bool = False, frame_code: bool = False, trail: tuple[tuple[float, float], ...] = ()) -> None:
     """DDPM training of the UNet (the prediction type of tiny.SCHEDULER_CONFIG). Every random draw of step ``i`` comes from (seed, i), so a run stopped
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
@@ -347,7 +348,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         meta = json.loads(ckpt.with_suffix(".json").read_text())
         if (meta["steps"] != steps or meta["batch"] != batch or meta["lr"] != lr or meta["seed"] != seed
                 or meta.get("high_frac", 0.0) != high_frac or meta.get("high_from", 800) != high_from
-                or meta.get("zero_snr", False) != zero_snr or meta.get("frame_code", False) != frame_code):
+                or meta.get("zero_snr", False) != zero_snr or meta.get("frame_code", False) != frame_code
+                or [list(v) for v in meta.get("trail", [])] != [list(v) for v in trail]):
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
@@ -372,7 +374,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         save_file(tensors, tmp)
         meta = {"step": step, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "running": running,
                 "high_frac": high_frac, "high_from": high_from, "zero_snr": zero_snr,
-                "frame_code": frame_code, "elapsed": elapsed + time.time() - t0}
+                "frame_code": frame_code, "trail": [list(v) for v in trail], "elapsed": elapsed + time.time() - t0}
         ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
         tmp.replace(ckpt)
         ckpt.with_suffix(".json.tmp").replace(ckpt.with_suffix(".json"))
@@ -434,6 +436,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     _update_stats(out, {"unet_steps": steps, "unet_extend_steps": extend, "unet_extend_lr": extend_lr,
                         "unet_trained_steps": end, "unet_high_noise_frac": high_frac,
                         "unet_high_noise_from": high_from, "unet_zero_snr": zero_snr, "unet_frame_code": frame_code,
+                        "world_trail": [list(v) for v in trail],
                         "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
                         "unet_seconds": round(elapsed + time.time() - t0, 1), "unet_final_loss_avg": running,
                         "unet_params": sum(p.numel() for p in unet.parameters()),
@@ -520,6 +523,7 @@ def main() -> None:
                     help="train on the zero-terminal-SNR v-prediction schedule (tiny.ZERO_SNR_SCHEDULER_CONFIG)")
     ap.add_argument("--frame-code", action="store_true",
                     help="initialise two temporal convolutions to write a code of the frame index (add_frame_code)")
+    ap.add_argument("--trail", default="", help="motion trail as BEHIND:OPACITY,... e.g. 3:0.5,6:0.25 (world.TRAIL)")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -527,6 +531,8 @@ def main() -> None:
     ap.add_argument("--eval-repeats", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    trail = tuple(tuple(float(x) for x in v.split(":")) for v in args.trail.split(",") if v)
+    world.TRAIL = trail
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("vae", "all"):
         train_vae(args.out, args.seed, args.vae_steps, args.vae_batch, args.vae_lr, args.kl_weight,
@@ -536,7 +542,7 @@ def main() -> None:
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
                    guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
                    high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr,
-                   frame_code=args.frame_code)
+                   frame_code=args.frame_code, trail=trail)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 

@@ -53,6 +53,34 @@ def test_object_stays_inside_the_frame_and_moves_its_way():
     assert bool((diff.flatten(2).amax(-1) > 0.3).all()), "every frame shows the object"
 
 
+def test_a_motion_trail_is_a_fainter_copy_behind_the_object(monkeypatch):
+    """world.TRAIL (a teacher-training experiment): off by default; on, each frame also shows the object where it
+    was some frames before, fainter, on the side it comes from, and the judge still reads the clip."""
+    import t2vturbo.tiny.world as world
+
+    assert world.TRAIL == ()
+    params = random_params(32, seed=5)
+    plain = render(params)
+    monkeypatch.setattr(world, "TRAIL", ((3.0, 0.5),))
+    trailed = render(params)
+    bg = params.background[:, None, :, None, None]
+    cover = lambda clip: ((clip - bg).abs().amax(2) > 0.02).float()  # noqa: E731
+    extra = (cover(trailed) - cover(plain)).clamp(min=0)
+    assert torch.equal(cover(plain) * cover(trailed), cover(plain))  # the object itself is unchanged
+    assert bool((extra.flatten(2).sum(-1) > 2).all())  # every frame gains trail pixels
+    on_trail = extra > 0
+    assert float((trailed - bg).abs().amax(2)[on_trail].max()) <= 0.5 * float((plain - bg).abs().max()) + 1e-6
+    steps = torch.tensor([world.DIRECTION_STEPS[d] for d in world.DIRECTIONS])[params.direction]  # (B, 2)
+    ys, xs = torch.meshgrid(torch.arange(tiny.HEIGHT) + 0.5, torch.arange(tiny.WIDTH) + 0.5, indexing="ij")
+    def mean_pos(mask):
+        n = mask.sum((-1, -2)).clamp(min=1)
+        return torch.stack([(mask * xs).sum((-1, -2)) / n, (mask * ys).sum((-1, -2)) / n], -1)
+    behind = ((mean_pos(extra) - mean_pos(cover(plain))) * steps[:, None]).sum(-1)  # along the motion
+    assert bool((behind < 0).all())  # the trail lies behind
+    result = judge(trailed, params.captions())
+    assert result["all"] == 1.0
+
+
 def test_prompt_set_is_balanced_and_distinct():
     from collections import Counter
 

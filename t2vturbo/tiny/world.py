@@ -34,6 +34,10 @@ SLACK = 1.5
 BACKGROUND_GREY = (0.25, 0.40)
 BACKGROUND_TINT = 0.03
 MARGIN = 1.0
+#: a motion trail: (frames behind, opacity) of fading copies of the object where it was that many frames ago
+#: (empty = none). An option of the teacher-training experiments (scripts/train_tiny_teacher.py --trail): with
+#: a trail the direction is visible in every single frame, as colour and shape are. The shipped world has none.
+TRAIL: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass
@@ -102,6 +106,17 @@ def render(params: ClipParams) -> torch.Tensor:
     """Render clips (B, 8, 3, 24, 24) float in [0, 1] from their parameters."""
     steps = torch.tensor([DIRECTION_STEPS[d] for d in DIRECTIONS])[params.direction]  # (B, 2)
     t = torch.arange(FRAMES, dtype=torch.float32)
+    alpha = _alpha(params, steps, t)
+    for behind, opacity in TRAIL:  # the trail: the object where it was some frames ago, fainter
+        alpha = torch.maximum(alpha, opacity * _alpha(params, steps, t - behind))
+    colour = torch.tensor([PALETTE[c] for c in COLOURS])[params.colour]  # (B, 3)
+    fg = colour[:, None, :, None, None]
+    bg = params.background[:, None, :, None, None]
+    return bg + alpha * (fg - bg)
+
+
+def _alpha(params: ClipParams, steps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(B, T, 1, H, W) coverage of the object at (fractional) frame times ``t``."""
     centre = params.start[:, None] + steps[:, None] * (params.speed[:, None, None] * t[None, :, None])  # (B, T, 2)
     ys, xs = torch.meshgrid(torch.arange(HEIGHT, dtype=torch.float32) + 0.5,
                             torch.arange(WIDTH, dtype=torch.float32) + 0.5, indexing="ij")
@@ -117,11 +132,7 @@ def render(params: ClipParams) -> torch.Tensor:
     triangle = torch.minimum(torch.minimum(side, h - dy), dy + h)
     shape = params.shape[:, None, None, None]
     dist = torch.where(shape == 0, circle, torch.where(shape == 1, square, triangle))
-    alpha = (dist + 0.5).clamp(0, 1)[:, :, None]  # (B, T, 1, H, W)
-    colour = torch.tensor([PALETTE[c] for c in COLOURS])[params.colour]  # (B, 3)
-    fg = colour[:, None, :, None, None]
-    bg = params.background[:, None, :, None, None]
-    return bg + alpha * (fg - bg)
+    return (dist + 0.5).clamp(0, 1)[:, :, None]  # (B, T, 1, H, W)
 
 
 def random_params(n: int, seed: int) -> ClipParams:
