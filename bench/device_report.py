@@ -382,14 +382,10 @@ def distill_ours(args, device):
     out = tempfile.mkdtemp(prefix="t2vturbo-report-")
     d = distill.Distiller(make_recipe(args), out, log=lambda _: None, progress=False)
     d.setup()
-    params = [p for p in d.unet.parameters() if p.requires_grad]
 
     def step(pixels, captions):
         loss, _ = d.training_step(pixels, captions)
-        d.acc.backward(loss)
-        d.acc.clip_grad_norm_(params, d.recipe.train.grad_clip)
-        d.optimizer.step()
-        d.optimizer.zero_grad(set_to_none=True)
+        d.apply_gradients(loss)
         d.step += 1
         return float(loss.detach())
 

@@ -89,15 +89,11 @@ def run_ours(args, sync) -> dict:
     with tempfile.TemporaryDirectory() as out:
         d = distill.Distiller(make_recipe(args), out, log=lambda _: None, progress=False)
         d.setup()
-        params = [p for p in d.unet.parameters() if p.requires_grad]
         after_setup = current_rss_mb()
 
         def step(pixels, captions):
             loss, _ = d.training_step(pixels, captions)
-            d.acc.backward(loss)
-            d.acc.clip_grad_norm_(params, d.recipe.train.grad_clip)
-            d.optimizer.step()
-            d.optimizer.zero_grad(set_to_none=True)
+            d.apply_gradients(loss)
             d.step += 1
             return loss
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .config import Recipe, dump_recipe
 from .consistency import (
@@ -365,16 +366,14 @@ class Distiller:
             else:
                 wanted[i] = strided_frame_indices(f, rc.frames or model.num_frames or f)
         union = sorted({j for idx in wanted.values() for j in idx})
-        pixels = self._decode_for_rewards(pred.to(self.parts.dtype), union)
+        recompute = self.recipe.train.reward_checkpointing and torch.is_grad_enabled() and pred.requires_grad
+        pixels = self._decode_for_rewards(pred.to(self.parts.dtype), union, recompute)
         pos = {j: k for k, j in enumerate(union)}
         total = pred.new_zeros(())
         vals = {}
-        recompute = self.recipe.train.reward_checkpointing and torch.is_grad_enabled() and pixels.requires_grad
         for i, (rc, model) in enumerate(self.rewards):
             frames = pixels[:, [pos[j] for j in wanted[i]]].float()
             if recompute:  # keep no reward-model activations: its forward runs again, alone, in the backward
-                from torch.utils.checkpoint import checkpoint
-
                 score = checkpoint(model, frames, captions, use_reentrant=False).float().mean()
             else:
                 score = model(frames, captions).float().mean()
@@ -382,17 +381,15 @@ class Distiller:
             vals[f"reward/{rc.name}"] = float(score.detach())
         return total, vals
 
-    def _decode_for_rewards(self, latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
-        """Decode ``frames`` of the prediction for the rewards. With ``train.reward_checkpointing`` the decoder's
-        activations are not kept: each chunk (``train.decode_chunk`` frames, default 2) is decoded again in the
-        backward pass, so the reward branch holds only pixels (and each reward model's forward is checkpointed
-        too, in ``_reward_terms``). A causal video VAE (Wan) is one chunk: its frames
-        depend on every latent frame before them."""
+    def _decode_for_rewards(self, latents: torch.Tensor, frames: list[int], recompute: bool) -> torch.Tensor:
+        """Decode ``frames`` of the prediction for the rewards. With ``recompute`` (``train.reward_checkpointing``
+        while a graph is built) the decoder's activations are not kept: each chunk (``train.decode_chunk`` frames,
+        default 2) is decoded again in the backward pass, so the reward branch holds only pixels (and each reward
+        model's forward is checkpointed too, in ``_reward_terms``). A causal video VAE (Wan) is one chunk: its
+        frames depend on every latent frame before them."""
         t = self.recipe.train
-        if not (t.reward_checkpointing and torch.is_grad_enabled() and latents.requires_grad):
+        if not recompute:
             return self.parts.decode_video(latents, frames=frames, chunk=t.decode_chunk)
-        from torch.utils.checkpoint import checkpoint
-
         size = len(frames) if getattr(self.parts, "temporal_factor", 1) > 1 else (t.decode_chunk or 2)
         groups = [frames[i : i + size] for i in range(0, len(frames), size)]
         return torch.cat([checkpoint(self.parts.decode_video, latents, group, use_reentrant=False)
@@ -457,6 +454,24 @@ class Distiller:
         self.log(f"step {self.step}/{r.train.max_steps} loss {row['loss']:.4f} loss_cd {row.get('loss_cd', 0):.4f}"
                  + (f" {rewards}" if rewards else "") + f" {per:.2f} s/step ETA {int(eta // 60)}m{int(eta % 60):02d}s")
 
+    def apply_gradients(self, loss: torch.Tensor, params: list[torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One optimiser update from a training step's loss: backward, gradient clipping, the optimiser and lr
+        schedule steps, the EMA target's update. Returns the gradient norm before clipping (None unclipped)."""
+        r = self.recipe
+        if params is None:
+            params = trainable_parameters(self.unet)
+        self.acc.backward(loss)
+        grad_norm = self.acc.clip_grad_norm_(params, r.train.grad_clip) if r.train.grad_clip > 0 else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for n, p in self.unet.named_parameters():
+                    if n in self.ema:
+                        self.ema[n].lerp_(p.detach(), 1 - r.distill.ema_decay)
+        return grad_norm
+
     def train(self) -> None:
         r = self.recipe
         params = trainable_parameters(self.unet)
@@ -492,16 +507,7 @@ class Distiller:
                             f"saved in {self.ckpt_root}. Lower train.learning_rate or check the data, then --resume")
                     continue
                 self.nonfinite_in_a_row = 0
-                self.acc.backward(loss)
-                grad_norm = self.acc.clip_grad_norm_(params, r.train.grad_clip) if r.train.grad_clip > 0 else None
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    with torch.no_grad():
-                        for n, p in self.unet.named_parameters():
-                            if n in self.ema:
-                                self.ema[n].lerp_(p.detach(), 1 - r.distill.ema_decay)
+                grad_norm = self.apply_gradients(loss, params)
                 self.step += 1
                 row = {"step": self.step, "loss": float(loss.detach()), **metrics,
                        "skipped_clips": len(self.stream.skipped),
