@@ -185,15 +185,12 @@ def score_videos(
         raise ConfigError(f"workers must be 0 (automatic) or more, got {workers}")
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     models: list[tuple[str, torch.nn.Module]] = []
-    owned: list[torch.nn.Module] = []
     for item in rewards:
         if isinstance(item, tuple):
             models.append(item)
         else:
-            model = load_reward(item, checkpoint=checkpoints.get(item), device=device, dtype=dtype,
-                                **reward_options.get(item, {}))
-            models.append((item, model))
-            owned.append(model)
+            models.append((item, load_reward(item, checkpoint=checkpoints.get(item), device=device, dtype=dtype,
+                                             **reward_options.get(item, {}))))
 
     def pick(count: int) -> list[int]:  # every frame any reward scores
         return sorted({j for _, m in models for j in _frame_selection(count, m, max_frames)})
@@ -233,8 +230,7 @@ def score_videos(
     for key in list(buckets):
         flush(key)
     pending = [v for v in pending if v not in unreadable]
-    models.clear()  # free the rewards this call loaded
-    owned.clear()
+    models.clear()  # free the rewards this call loaded (the caller keeps the ones it passed)
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
     report.videos = [entries[v] for v in pending if entries[v].scores]
