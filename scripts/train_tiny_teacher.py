@@ -298,7 +298,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                stop_after: int | None = None, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
                eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
                extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800,
-               zero_snr: bool = False, frame_code: bool = False, trail: tuple[tuple[float, float], ...] = ()) -> None:
+               zero_snr: bool = False, frame_code: bool = False, trail: tuple[tuple[float, float], ...] = (),
+               travel: tuple[float, float] | None = None, train_text: bool = False) -> None:
     """DDPM training of the UNet (the prediction type of tiny.SCHEDULER_CONFIG). Every random draw of step ``i`` comes from (seed, i), so a run stopped
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
@@ -307,26 +308,42 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
 
     ``high_frac`` of the samples draw their timestep from [``high_from``, 1000) instead of the whole range. The
     layout of a video (where the object starts, which way it goes) is decided in the first, noisiest sampling
-    steps, and only there must it come from the caption: at lower noise it can be read from the noisy input."""
+    steps, and only there must it come from the caption: at lower noise it can be read from the noisy input.
+
+    ``train_text`` trains the CLIP text encoder with the UNet (same optimiser, its own EMA) instead of keeping
+    the random frozen one: a frozen random encoder keeps captions that differ in one word only ~25% apart, and
+    mixes a word into every later token, so the UNet has to tease the direction word out of small differences."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from safetensors.torch import load_file, save_file
+    from transformers import CLIPTokenizer
 
     from t2vturbo.schedules import VPSchedule
     from t2vturbo.teachers import DEFAULTS_FILE, encode_pixels, encode_prompts
 
-    parts = tiny.build_tiny_teacher(seed)  # random frozen text encoder + tokenizer
+    parts = tiny.build_tiny_teacher(seed)  # random text encoder (frozen unless train_text) + tokenizer
+    tiny.write_tiny_tokenizer(out / "tokenizer")  # vocab.json + merges.txt: readable by any CLIPTokenizer
+    parts.tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")  # train on exactly what is shipped
+    if parts.text_encoder.config.vocab_size != len(parts.tokenizer):
+        raise SystemExit(f"tokenizer has {len(parts.tokenizer)} tokens, text encoder {parts.text_encoder.config.vocab_size}")
     parts.vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
     parts.vae_scale = float(parts.vae.config.scaling_factor)
     parts.text_encoder.eval().requires_grad_(False)
     parts.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
-    tiny.write_tiny_tokenizer(out / "tokenizer")  # vocab.json + merges.txt: readable by any CLIPTokenizer
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     sched_cfg = tiny.ZERO_SNR_SCHEDULER_CONFIG if zero_snr else tiny.SCHEDULER_CONFIG
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=1))
     (out / DEFAULTS_FILE).write_text(json.dumps(tiny.STORED_DEFAULTS, indent=1))
 
     captions = all_captions()
-    table = encode_prompts(parts, captions + [""])  # (49, L, D): the world has only 48 captions
+    with torch.no_grad():
+        table = encode_prompts(parts, captions + [""])  # (49, L, D): the world has only 48 captions
+    token_ids = parts.tokenizer(captions + [""], padding="max_length", max_length=parts.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids
+    text = parts.text_encoder
+    if train_text:
+        no_dropout(text)
+        text.train().requires_grad_(True)
+    text_ema = copy.deepcopy(text).eval().requires_grad_(False)
     index = {c: i for i, c in enumerate(captions)}
 
     torch.manual_seed(seed)
@@ -337,7 +354,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     no_dropout(unet)
     unet.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    trained = list(unet.parameters()) + (list(text.parameters()) if train_text else [])
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
     schedule = VPSchedule.from_scheduler_config(sched_cfg)
     alphas = schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -349,11 +367,16 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         if (meta["steps"] != steps or meta["batch"] != batch or meta["lr"] != lr or meta["seed"] != seed
                 or meta.get("high_frac", 0.0) != high_frac or meta.get("high_from", 800) != high_from
                 or meta.get("zero_snr", False) != zero_snr or meta.get("frame_code", False) != frame_code
-                or [list(v) for v in meta.get("trail", [])] != [list(v) for v in trail]):
+                or [list(v) for v in meta.get("trail", [])] != [list(v) for v in trail]
+                or meta.get("travel") != (list(travel) if travel else None)
+                or meta.get("train_text", False) != train_text):
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
-        for i, p in enumerate(unet.parameters()):
+        if train_text:
+            text.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
+            text_ema.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("text_ema.")})
+        for i, p in enumerate(trained):
             if f"opt.{i}.exp_avg" in state:
                 opt.state[p] = {"step": state[f"opt.{i}.step"], "exp_avg": state[f"opt.{i}.exp_avg"],
                                 "exp_avg_sq": state[f"opt.{i}.exp_avg_sq"]}
@@ -363,7 +386,10 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     def save_checkpoint(step: int) -> None:
         tensors = {f"unet.{k}": v.contiguous() for k, v in unet.state_dict().items()}
         tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
-        for i, p in enumerate(unet.parameters()):
+        if train_text:
+            tensors.update({f"text.{k}": v.contiguous() for k, v in text.state_dict().items()})
+            tensors.update({f"text_ema.{k}": v.contiguous() for k, v in text_ema.state_dict().items()})
+        for i, p in enumerate(trained):
             st = opt.state.get(p)
             if st:
                 tensors[f"opt.{i}.step"] = torch.as_tensor(st["step"]).reshape(())
@@ -374,7 +400,9 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         save_file(tensors, tmp)
         meta = {"step": step, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "running": running,
                 "high_frac": high_frac, "high_from": high_from, "zero_snr": zero_snr,
-                "frame_code": frame_code, "trail": [list(v) for v in trail], "elapsed": elapsed + time.time() - t0}
+                "frame_code": frame_code, "trail": [list(v) for v in trail],
+                "travel": list(travel) if travel else None, "train_text": train_text,
+                "elapsed": elapsed + time.time() - t0}
         ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
         tmp.replace(ckpt)
         ckpt.with_suffix(".json.tmp").replace(ckpt.with_suffix(".json"))
@@ -393,7 +421,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
             x0 = encode_pixels(parts, clips, generator=gen)  # (B, C, F, h, w)
         ids = torch.tensor([index[c] for c in caps])
         ids = torch.where(torch.rand(batch, generator=gen) < drop, len(captions), ids)  # caption dropout
-        cond = table[ids]
+        cond = text(token_ids[ids]).last_hidden_state if train_text else table[ids]
         # 2. forward diffusion at uniform timesteps
         t = torch.randint(0, len(alphas), (batch,), generator=gen)
         if high_frac > 0:
@@ -415,12 +443,15 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         loss = (w * (pred - target).pow(2).mean(dim=(1, 2, 3, 4))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         decay = min(0.998, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
+            if train_text:
+                for pe, p in zip(text_ema.parameters(), text.parameters(), strict=True):
+                    pe.lerp_(p, 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 20 == 0 or step == total - 1:
             log(f"unet step {step}/{total} loss {loss.item():.4f} avg {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
@@ -429,29 +460,34 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
             save_checkpoint(step + 1)
         if (step + 1) % 100 == 0 or step + 1 == end:
             ema.save_pretrained(out / "unet", safe_serialization=True)
+            if train_text:
+                text_ema.save_pretrained(out / "text_encoder", safe_serialization=True)
         if eval_every and ((step + 1) % eval_every == 0):
-            quick_eval(out, ema, step + 1, eval_steps, guidance)
+            quick_eval(out, ema, step + 1, eval_steps, guidance, text_ema)
     # shipped in float16 (half the size; t2vturbo loads it as float32, and the evaluation uses these weights)
     copy.deepcopy(ema).half().save_pretrained(out / "unet", safe_serialization=True)
     _update_stats(out, {"unet_steps": steps, "unet_extend_steps": extend, "unet_extend_lr": extend_lr,
                         "unet_trained_steps": end, "unet_high_noise_frac": high_frac,
                         "unet_high_noise_from": high_from, "unet_zero_snr": zero_snr, "unet_frame_code": frame_code,
-                        "world_trail": [list(v) for v in trail],
+                        "world_trail": [list(v) for v in trail], "world_travel": list(travel) if travel else None,
                         "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
                         "unet_seconds": round(elapsed + time.time() - t0, 1), "unet_final_loss_avg": running,
                         "unet_params": sum(p.numel() for p in unet.parameters()),
-                        "text_encoder": f"random frozen, build_tiny_teacher({seed})"})
+                        "text_encoder": (f"trained with the UNet from build_tiny_teacher({seed})" if train_text
+                                         else f"random frozen, build_tiny_teacher({seed})")})
     log("unet done")
 
 
 @torch.no_grad()
-def quick_eval(out: Path, unet, step: int, steps: int, guidance: float) -> None:
+def quick_eval(out: Path, unet, step: int, steps: int, guidance: float, text_encoder=None) -> None:
     """DDIM + CFG on the 48 captions with the current EMA weights (a progress check, not the shipped figure)."""
     from t2vturbo.sampling import sample_video
     from t2vturbo.teachers import load_diffusers_teacher
 
     parts = load_diffusers_teacher(str(out))
     parts.unet = unet
+    if text_encoder is not None:
+        parts.text_encoder = text_encoder
     t0 = time.time()
     caps = all_captions()
     res = sample_video(parts, caps, steps=steps, guidance=guidance, mode="teacher", frames=tiny.FRAMES,
@@ -524,6 +560,8 @@ def main() -> None:
     ap.add_argument("--frame-code", action="store_true",
                     help="initialise two temporal convolutions to write a code of the frame index (add_frame_code)")
     ap.add_argument("--trail", default="", help="motion trail as BEHIND:OPACITY,... e.g. 3:0.5,6:0.25 (world.TRAIL)")
+    ap.add_argument("--travel", default="", help="LO:HI pixels the object travels, starting anywhere (world.TRAVEL)")
+    ap.add_argument("--train-text", action="store_true", help="train the text encoder with the UNet")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -533,6 +571,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     trail = tuple(tuple(float(x) for x in v.split(":")) for v in args.trail.split(",") if v)
     world.TRAIL = trail
+    travel = tuple(float(x) for x in args.travel.split(":")) if args.travel else None
+    world.TRAVEL = travel
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("vae", "all"):
         train_vae(args.out, args.seed, args.vae_steps, args.vae_batch, args.vae_lr, args.kl_weight,
@@ -542,7 +582,7 @@ def main() -> None:
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
                    guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
                    high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr,
-                   frame_code=args.frame_code, trail=trail)
+                   frame_code=args.frame_code, trail=trail, travel=travel, train_text=args.train_text)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 

@@ -81,6 +81,29 @@ def test_a_motion_trail_is_a_fainter_copy_behind_the_object(monkeypatch):
     assert result["all"] == 1.0
 
 
+def test_travel_option_starts_anywhere_and_moves_the_drawn_distance(monkeypatch):
+    """world.TRAVEL (a teacher-training experiment): off by default (the object crosses the frame); on, the
+    distance travelled is drawn from the range, the start is spread over the frame and the path stays inside."""
+    import t2vturbo.tiny.world as world
+
+    assert world.TRAVEL is None
+    crossing = random_params(256, seed=9)
+    monkeypatch.setattr(world, "TRAVEL", (5.0, 8.0))
+    params = random_params(256, seed=9)
+    travel = params.speed * (tiny.FRAMES - 1)
+    assert float(travel.min()) >= 5.0 - 1e-5 and float(travel.max()) <= 8.0 + 1e-5
+    assert float((crossing.speed * (tiny.FRAMES - 1)).min()) > 8.0  # crossing travels further
+    steps = torch.tensor([world.DIRECTION_STEPS[d] for d in world.DIRECTIONS])[params.direction]
+    right = params.direction == world.DIRECTIONS.index("right")
+    # where a right-moving object starts: near the left edge when it crosses, spread out with TRAVEL
+    assert float(params.start[right, 0].std()) > 2.0 * float(crossing.start[crossing.direction == 1, 0].std())
+    end = params.start + steps * travel[:, None]
+    for pos in (params.start, end):
+        assert bool((pos - params.half_size[:, None] >= world.MARGIN - 1e-4).all())
+        assert bool((pos + params.half_size[:, None] <= tiny.WIDTH - world.MARGIN + 1e-4).all())
+    assert judge(render(params), params.captions())["all"] == 1.0
+
+
 def test_prompt_set_is_balanced_and_distinct():
     from collections import Counter
 
@@ -219,3 +242,15 @@ def test_tiny_rewards_are_differentiable_wrt_pixels(tiny_rewards):
         clips = clips.clone().requires_grad_(True)
         reward(clips, caps).sum().backward()
         assert clips.grad is not None and float(clips.grad.abs().sum()) > 0
+
+
+def test_written_tokenizer_makes_every_world_word_one_token(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tiny.write_tiny_tokenizer(tmp_path)
+    tok = CLIPTokenizer.from_pretrained(tmp_path)
+    for word in tiny.WORDS:  # "green" used to split into four tokens: the merges of "red" ranked first
+        assert len(tok(word).input_ids) == 3, word
+    ids = tok("a green triangle moving down").input_ids
+    assert len(ids) == 7 and len(set(ids)) == 7
+    assert tok("a purple blob").input_ids[-1] == tok.eos_token_id  # unknown words still tokenize (as letters)

@@ -79,7 +79,9 @@ def write_tiny_tokenizer(folder: Path) -> None:
     vocab: list[str] = ["!"]  # pad token, as in the laion tokenizers
     vocab += letters + [ch + "</w>" for ch in letters]
     merges: list[str] = []
-    for word in WORDS:
+    # BPE applies the lowest-ranked merge first, so a short word's merges can break a longer one apart ("r e" of
+    # "red" split "green" into four tokens when "red" came first): the longest words get the first ranks
+    for word in sorted(WORDS, key=len, reverse=True):
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         cur = pieces[0]
         for nxt in pieces[1:]:

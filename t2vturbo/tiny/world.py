@@ -38,6 +38,10 @@ MARGIN = 1.0
 #: (empty = none). An option of the teacher-training experiments (scripts/train_tiny_teacher.py --trail): with
 #: a trail the direction is visible in every single frame, as colour and shape are. The shipped world has none.
 TRAIL: tuple[tuple[float, float], ...] = ()
+#: (lo, hi) pixels: the object travels a distance drawn from this range, starting anywhere its path fits
+#: (translation-equivariant: where it is says nothing of where it goes, only the frame-to-frame shift does).
+#: None = it crosses the frame (SLACK). An option of the teacher-training experiments (--travel).
+TRAVEL: tuple[float, float] | None = None
 
 
 @dataclass
@@ -88,6 +92,8 @@ def sample_params(colour: torch.Tensor, shape: torch.Tensor, direction: torch.Te
     slack = _uniform(generator, n, 0.0, SLACK)
     steps = torch.tensor([DIRECTION_STEPS[d] for d in DIRECTIONS])[direction]  # (B, 2)
     travel = min(WIDTH, HEIGHT) - 2 * half - 2 * MARGIN - slack  # (B,)
+    if TRAVEL is not None:
+        travel = torch.minimum(_uniform(generator, n, *TRAVEL), travel)
     speed = travel / (FRAMES - 1)
     size = torch.tensor([WIDTH, HEIGHT], dtype=torch.float32)
     lo = half[:, None] + MARGIN
