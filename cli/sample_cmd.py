@@ -33,8 +33,8 @@ def sample(
     dtype: str = typer.Option("auto", "--dtype", help="float32, float16, bfloat16 (auto: fp16 on CUDA, fp32 on CPU)."),
     decode_chunk: int = typer.Option(0, "--decode-chunk", help="VAE-decode at most this many frames at once (0 = all)."),
     origin_steps: int | None = typer.Option(None, "--origin-steps", help="Student: the solver grid its steps are picked from (default: the student's, 200 for a T2V-Turbo-v2 file, else 50)."),
-    motion_guidance: float | None = typer.Option(None, "--motion-guidance", help="T2V-Turbo-v2 motion-guided students (unet_mg.pt): the motion guidance scale (default 0.05)."),
-    motion_percentage: float = typer.Option(0.3, "--motion-percentage", help="Motion guidance on the steps with t >= 1000 (1 - this)."),
+    motion_guidance: float | None = typer.Option(None, "--motion-guidance", help="T2V-Turbo-v2 motion-guided students (unet_mg.pt, or ours distilled with distill.motion): the motion guidance scale (default 0.05, or the student's)."),
+    motion_percentage: float | None = typer.Option(None, "--motion-percentage", help="Motion guidance on the steps with t >= 1000 (1 - this); default 0.3, or what the student was distilled with."),
     skip_existing: bool | None = typer.Option(None, "--skip-existing/--overwrite", help="Skip videos already on disk (default with --prompts-file, so an interrupted batch resumes) or write over them (default for prompts given here)."),
 ) -> None:
     """Generate videos with a distilled student (4 steps) or the teacher (DDIM + CFG)."""

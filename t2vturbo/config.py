@@ -61,6 +61,28 @@ class LoraConfig:
 
 
 @dataclass
+class MotionConfig:
+    """T2V-Turbo-v2's motion guidance (off at scale 0): the teacher's ODE step is pushed towards the motion of
+    the training clip (MotionClone's temporal-attention prior, the clip DDIM-inverted to the step's timestep) and
+    the student learns the motion guidance scale as an input (``motion_cond_proj`` / ``combine_proj``)."""
+
+    #: motion_gs: the guidance scale (the reference's 0.05); 0 = off, a v1 student
+    scale: float = 0.0
+    #: solver indices >= (1 - percentage) N get the guidance; the others get the embedding of 0 (reference: 0.5)
+    percentage: float = 0.5
+    #: the energy's weight before its gradient is taken (the reference's temp_loss_scale)
+    loss_scale: float = 100.0
+
+    def __post_init__(self):
+        if self.scale < 0:
+            raise ConfigError(f"distill.motion.scale must be >= 0 (got {self.scale}); 0 turns motion guidance off")
+        if not 0.0 < self.percentage <= 1.0:
+            raise ConfigError(f"distill.motion.percentage must be in (0, 1] (got {self.percentage})")
+        if self.loss_scale <= 0:
+            raise ConfigError(f"distill.motion.loss_scale must be positive (got {self.loss_scale})")
+
+
+@dataclass
 class DistillConfig:
     #: N: DDIM solver grid size
     num_ddim_timesteps: int = 50
@@ -75,6 +97,8 @@ class DistillConfig:
     ema_decay: float = 0.95
     guidance_embed_dim: int = 256
     num_train_timesteps: int = 1000
+    #: T2V-Turbo-v2's motion guidance and the student's motion projections (off unless motion.scale > 0)
+    motion: MotionConfig = field(default_factory=MotionConfig)
 
     def __post_init__(self):
         if self.w_min > self.w_max:

@@ -37,6 +37,7 @@ from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterru
 from .names import torch_dtype
 from .rewards import RewardModel, load_reward, strided_frame_indices
 from .safeio import atomic_path
+from .schedules import VPSchedule
 from .student import (
     LoraSettings,
     dropout_off,
@@ -139,6 +140,17 @@ class Distiller:
                             target_modules=r.lora.target_modules)
         torch.manual_seed(r.train.seed)  # LoRA A init depends on the seed, identical on every rank
         make_student(parts.unet, lora, r.distill.guidance_embed_dim)
+        self.motion = r.distill.motion if r.distill.motion.scale > 0 else None
+        if self.motion is not None:  # T2V-Turbo-v2: the student learns the motion guidance scale as an input
+            from .teachers.motion import add_motion_condition, temporal_attention_layers
+
+            if not hasattr(parts.unet, "up_blocks") or not isinstance(parts.schedule, VPSchedule):
+                raise ConfigError("distill.motion needs a UNet3D-family teacher (ModelScope, VideoCrafter2, tiny); "
+                                  f"{r.model.teacher} is not one: set distill.motion.scale=0")
+            temporal_attention_layers(parts.unet)
+            if getattr(parts.unet, "motion_condition", None) is None:
+                add_motion_condition(parts.unet)
+            parts.unet.motion_condition.requires_grad_(True)
         for p in trainable_parameters(parts.unet):
             p.data = p.data.float()  # trainable weights stay fp32 even over a bf16 base
         if r.train.gradient_checkpointing:
@@ -284,18 +296,21 @@ class Distiller:
         w_emb = guidance_embedding(w, d.guidance_embed_dim).to(dev, latents.dtype)
         fps = self.fps.expand(b) if self.fps is not None else None
         w_dev = w.to(dev)
+        motion = self._motion_inputs(index, latents)
 
-        x_prev, target = self.teacher_and_target(x_t, t_start, t_end, cond, uncond, w_dev, w_emb, fps)
+        x_prev, target = self.teacher_and_target(x_t, t_start, t_end, cond, uncond, w_dev, w_emb, fps, motion)
+        m_emb = motion["m_emb"] if motion else None
 
         metrics: dict[str, float] = {}
         split = bool(self.rewards) and self.recipe.train.split_reward_backward and torch.is_grad_enabled()
         if split:  # 6 before 5: the rewards' gradient on a graph-free prediction, then the student's graph
             reward_grad, rewards_total, reward_vals = self._reward_gradient(x_t, t_start, cond, w_emb, fps,
-                                                                            captions, gen)
+                                                                            captions, gen, m_emb)
 
         # 5. Student's single-step prediction (with grad) at t_start, through the DDP wrapper.
         with self.acc.autocast():
-            x0_s, _ = parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, fps=fps, network=self.ddp_unet)
+            x0_s, _ = parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, fps=fps, network=self.ddp_unet,
+                                    motion_cond=m_emb)
         pred = self.schedule.consistency_output(x_t.float(), x0_s.float(), t_start)
         loss_cd = consistency_loss(pred, target, d.loss, d.huber_c)
 
@@ -311,12 +326,30 @@ class Distiller:
             loss = loss - rewards_total
             metrics.update(reward_vals)
         metrics["loss_cd"] = float(loss_cd.detach())
+        if motion and "energy" in motion:
+            metrics["motion_energy"] = motion["energy"]
         return loss, metrics
 
+    def _motion_inputs(self, index: torch.Tensor, latents: torch.Tensor) -> dict | None:
+        """``distill.motion``: each sample's motion guidance scale (``scale`` at solver indices >= (1 -
+        percentage) N, else 0, as the reference) and its embedding for the student; None when off."""
+        if self.motion is None:
+            return None
+        n = self.recipe.distill.num_ddim_timesteps
+        active = index >= (1 - self.motion.percentage) * n
+        scale = torch.where(active, torch.full_like(index, 0, dtype=torch.float32) + self.motion.scale,
+                            torch.zeros_like(index, dtype=torch.float32))
+        m_emb = guidance_embedding(scale.cpu(), self.recipe.distill.guidance_embed_dim).to(self.device, latents.dtype)
+        return {"active": active, "scale": scale, "m_emb": m_emb, "index": index, "latents": latents}
+
     @torch.no_grad()
-    def teacher_and_target(self, x_t, t_start, t_end, cond, uncond, w, w_emb, fps):
+    def teacher_and_target(self, x_t, t_start, t_end, cond, uncond, w, w_emb, fps, motion: dict | None = None):
         """Steps 3-4 of a training step, with no dropout anywhere: (x at t_end by the teacher's guided DDIM step,
-        the consistency target there). Deterministic: the same inputs give the same outputs."""
+        the consistency target there). Deterministic: the same inputs give the same outputs.
+
+        ``motion`` (from :meth:`_motion_inputs`): the samples it marks active get T2V-Turbo-v2's motion-prior
+        guidance on the teacher's noise estimate (:mod:`t2vturbo.motion_prior`), and the target sees the
+        student's motion embedding."""
         from .student import teacher_mode
 
         parts = self.parts
@@ -332,15 +365,36 @@ class Distiller:
             x0_c, x0_u = x0_cu.float().chunk(2)
             eps_c, eps_u = eps_cu.float().chunk(2)
             x0_g, eps_g = lcm_guidance(x0_c, x0_u, w), lcm_guidance(eps_c, eps_u, w)
+            if motion is not None and bool(motion["active"].any()):
+                eps_g = self._motion_guided(eps_g, x_t, t_start, cond, fps, motion)
             x_prev = self.schedule.step(x0_g, eps_g, t_end).to(x_t.dtype)
 
             # 4. Target: the consistency function at (x_prev, t_end) from the online student (or its EMA).
             with self._ema_weights(), self.acc.autocast():
-                x0_tgt, _ = parts.denoise(x_prev, t_end, cond, guidance_cond=w_emb, fps=fps)
+                x0_tgt, _ = parts.denoise(x_prev, t_end, cond, guidance_cond=w_emb, fps=fps,
+                                          motion_cond=None if motion is None else motion["m_emb"])
             target = self.schedule.consistency_output(x_prev.float(), x0_tgt.float(), t_end)
         return x_prev, target
 
-    def _reward_gradient(self, x_t, t_start, cond, w_emb, fps, captions, gen):
+    def _motion_guided(self, eps_g, x_t, t_start, cond, fps, motion: dict) -> torch.Tensor:
+        """The teacher's guided noise with the motion prior on the active samples (the caller holds the adapter
+        off and dropout off): the clip inverted to t_start, the temporal-attention energy's gradient at x_t."""
+        from .motion_prior import guided_noise, invert_latents, motion_prior_score
+
+        act = motion["active"].nonzero().flatten()
+        sub_fps = None if fps is None else fps[act]
+        with self.acc.autocast():
+            reference = invert_latents(self.parts, motion["latents"][act], motion["index"][act], self.solver_t,
+                                       cond[act], sub_fps)
+            score, _, _, energy = motion_prior_score(self.parts, x_t[act], t_start[act], reference, cond[act],
+                                                     sub_fps, self.motion.loss_scale)
+        motion["energy"] = float(energy) / len(act)
+        abar = self.schedule.alphas_cumprod.to(eps_g.device)[t_start[act]]
+        eps_g = eps_g.clone()
+        eps_g[act] = guided_noise(eps_g[act], score, motion["scale"][act], abar)
+        return eps_g
+
+    def _reward_gradient(self, x_t, t_start, cond, w_emb, fps, captions, gen, m_emb=None):
         """``train.split_reward_backward``: (d sum(beta R) / d pred, sum(beta R), per-reward means) from the
         student's prediction computed without a graph. The reward branch's activations are then freed before the
         student's graph is built, so the step's peak holds one of the two, not both; the cost is one more student
@@ -348,7 +402,8 @@ class Distiller:
         follows draws the same ones and predicts the same ``pred``."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad(), self.acc.autocast():
-            x0, _ = self.parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, fps=fps, network=self.unet)
+            x0, _ = self.parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, fps=fps, network=self.unet,
+                                       motion_cond=m_emb)
         pred = self.schedule.consistency_output(x_t.float(), x0.float(), t_start).detach().requires_grad_(True)
         del x0
         total, vals = self._reward_terms(pred, captions, gen)
@@ -603,6 +658,8 @@ class Distiller:
             "video": asdict(r.video),
             "rewards": [{"name": rc.name, "weight": rc.weight} for rc, _ in self.rewards],
             "trained_steps": self.step,
+            **({"motion": {"scale": self.motion.scale, "percentage": self.motion.percentage,
+                           "loss_scale": self.motion.loss_scale}} if self.motion is not None else {}),
         }
 
     def save_final(self) -> Path | None:

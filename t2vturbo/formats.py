@@ -328,6 +328,8 @@ def load_any_student(path: str | Path, parts: Any, module_names: Sequence[str] |
     elif kind == "t2vturbo":
         state, meta = read_student(path)
         load_student_weights(unet, state, meta)
+        if hasattr(unet, "motion_condition"):  # distilled with distill.motion: a v2-style motion-guided student
+            parts.extra["v2_motion"] = True
     elif kind == "peft":
         state, meta = read_peft_lora(path)
         load_student_weights(unet, state, meta)

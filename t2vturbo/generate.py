@@ -16,6 +16,7 @@ from .teachers import load_teacher
 OUTPUT_FORMATS = ("mp4", "gif", "webm", "png")
 #: T2V-Turbo-v2's demo defaults for a motion-guided student (lcm_origin_steps 200 is the origin default for any v2)
 V2_MOTION_GUIDANCE = 0.05
+V2_MOTION_PERCENTAGE = 0.3
 
 
 @dataclass
@@ -109,7 +110,7 @@ def generate_videos(
     decode_chunk: int = 0,
     origin_steps: int | None = None,
     motion_guidance: float | None = None,
-    motion_percentage: float = 0.3,
+    motion_percentage: float | None = None,
     notice: Callable[[str], None] = lambda msg: None,
     on_video: Callable[[Written], None] = lambda w: None,
 ) -> list[Written]:
@@ -169,10 +170,14 @@ def generate_videos(
     v2 = "v2_motion" in parts.extra  # a released T2V-Turbo-v2 UNet: its demo's defaults
     origin = int(origin_steps or (student_meta.get("schedule") or {}).get("origin_steps") or (200 if v2 else 50))
     check_steps(parts, mode, steps, origin)
+    trained_motion = student_meta.get("motion") or {}  # our v2-style student (distill.motion): its own settings
     if motion_guidance is None and parts.extra.get("v2_motion") and mode == "student":
-        motion_guidance = V2_MOTION_GUIDANCE
+        motion_guidance = float(trained_motion.get("scale", V2_MOTION_GUIDANCE))
     if motion_guidance is not None and not parts.extra.get("v2_motion"):
-        raise ConfigError("--motion-guidance needs a T2V-Turbo-v2 motion-guided student (unet_mg.pt)")
+        raise ConfigError("--motion-guidance needs a T2V-Turbo-v2 motion-guided student (unet_mg.pt, or ours "
+                          "distilled with distill.motion.scale > 0)")
+    if motion_percentage is None:
+        motion_percentage = float(trained_motion.get("percentage", V2_MOTION_PERCENTAGE))
     if not 0.0 <= motion_percentage <= 1.0:
         raise ConfigError(f"--motion-percentage must be in [0, 1] (got {motion_percentage})")
     written: list[Written] = []

@@ -26,6 +26,8 @@ from .errors import CheckpointError
 from .safeio import atomic_path, load_weights
 
 ADAPTER = "default"
+#: key prefix of a v2-style student's motion projections (motion_cond_proj, combine_proj) in our student file
+MOTION_PREFIX = "motion_condition."
 STUDENT_FILE = "student.safetensors"
 STUDENT_META = "student.json"
 GUIDANCE_KEY = "time_embedding.cond_proj.weight"
@@ -215,6 +217,9 @@ def student_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
     sd = dict(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
     sd[guidance_key(unet)] = time_embedding_of(unet).cond_proj.weight
+    motion = getattr(unet, "motion_condition", None)  # a v2-style student (distill.motion): its projections
+    if motion is not None:
+        sd.update({f"{MOTION_PREFIX}{k}": v for k, v in motion.state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
@@ -271,6 +276,11 @@ def load_student_weights(unet: nn.Module, state: dict[str, torch.Tensor], meta: 
     if key in state:
         with torch.no_grad():
             time_embedding_of(unet).cond_proj.weight.copy_(state[key])
+    motion = {k[len(MOTION_PREFIX):]: v for k, v in state.items() if k.startswith(MOTION_PREFIX)}
+    if motion:
+        from .teachers.motion import attach_motion_condition
+
+        attach_motion_condition(unet, motion)
     unet.requires_grad_(False)
     return unet
 

@@ -92,3 +92,86 @@ def motion_schedule(timesteps: list[int], percentage: float = 0.3, num_train_tim
     others get the embedding of 0, not no condition)."""
     threshold = num_train_timesteps * (1 - percentage)
     return [t >= threshold for t in timesteps]
+
+
+def add_motion_condition(unet: nn.Module) -> MotionCondition:
+    """Give a student UNet fresh, trainable motion projections (distilling a v2-style student with
+    ``distill.motion``). The init makes the motion input a no-op: ``motion_cond_proj`` is zero and ``combine_proj``
+    is ``[I | I]``, so ``combine_proj(cat[c, 0]) = c`` and the new student starts as the v1 one; both projections
+    get gradients from the first step (through the identity halves). The reference trains the whole UNet from
+    nn.Linear's random init instead; a LoRA student that starts at the teacher needs the no-op start."""
+    cond_proj = getattr(unet.time_embedding, "cond_proj", None)
+    if cond_proj is None:
+        raise CheckpointError("motion projections need the student's guidance projection (time_embedding.cond_proj)")
+    channels, embed_dim = cond_proj.weight.shape
+    module = MotionCondition(channels, embed_dim)
+    with torch.no_grad():
+        nn.init.zeros_(module.motion_cond_proj.weight)
+        eye = torch.eye(channels)
+        module.combine_proj.weight.copy_(torch.cat([eye, eye], dim=1))
+    param = cond_proj.weight
+    unet.motion_condition = module.to(device=param.device, dtype=param.dtype).requires_grad_(True)
+    return unet.motion_condition
+
+
+def temporal_attention_layers(unet: nn.Module) -> list[nn.Module]:
+    """The self-attentions of the decoder's temporal transformers, where T2V-Turbo-v2 (after MotionClone) reads
+    the motion of a video: lvdm ``output_blocks.3-11.2.transformer_blocks.0.attn1`` of VideoCrafter2, in diffusers
+    names ``up_blocks.*.temp_attentions.*.transformer_blocks.0.attn1`` (every up block that has attention)."""
+    net = getattr(unet, "module", unet)
+    layers = [temp.transformer_blocks[0].attn1 for block in net.up_blocks
+              for temp in getattr(block, "temp_attentions", [])]
+    if not layers:
+        raise CheckpointError("this UNet has no temporal attention in its up blocks: motion guidance needs a "
+                              "UNet3D-family teacher (ModelScope, VideoCrafter2, tiny)")
+    return layers
+
+
+class record_temporal_attention:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Within the block, every layer of :func:`temporal_attention_layers` runs diffusers' plain ``AttnProcessor``
+    (the one that forms the attention probabilities explicitly) and appends them, differentiably, to ``probs``:
+    one (batch * pixels * heads, frames, frames) tensor per layer and call. The layers' processors are restored
+    on exit."""
+
+    def __init__(self, unet: nn.Module):
+        self.layers = temporal_attention_layers(unet)
+        self.probs: list[torch.Tensor] = []
+
+    def __enter__(self):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        self.saved = [(layer, layer.processor, layer.__dict__.get("get_attention_scores")) for layer in self.layers]
+        for layer in self.layers:
+            scores = type(layer).get_attention_scores.__get__(layer)
+
+            def recording(query, key, attention_mask=None, _scores=scores):
+                out = _scores(query, key, attention_mask)
+                self.probs.append(out)
+                return out
+
+            layer.set_processor(AttnProcessor())
+            layer.get_attention_scores = recording
+        return self
+
+    def __exit__(self, *exc):
+        for layer, processor, own in self.saved:
+            layer.set_processor(processor)
+            del layer.get_attention_scores
+            if own is not None:
+                layer.get_attention_scores = own
+        return False
+
+
+def motion_prior_loss(probs: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """MotionClone's temporal-attention energy as T2V-Turbo-v2 uses it: per layer the squared error between the
+    sample's and the reference video's attention probabilities, only where the reference attends most (its top-1
+    key frame for each query), then 100 x the mean over layers (the caller multiplies by ``loss_scale``)."""
+    if len(probs) != len(reference):
+        raise ValueError(f"{len(probs)} attention maps against {len(reference)} reference maps")
+    losses = []
+    for gen, ref in zip(probs, reference, strict=True):
+        ref = ref.detach()
+        mask = torch.zeros_like(ref, dtype=torch.bool).scatter_(-1, ref.argmax(dim=-1, keepdim=True), True)
+        dt = torch.promote_types(gen.dtype, torch.float32)  # half maps in float32; float64 stays float64
+        losses.append(torch.nn.functional.mse_loss(gen[mask].to(dt), ref[mask].to(dt)))
+    return torch.stack(losses).mul(100).mean()
