@@ -80,6 +80,10 @@ def describe_plan(recipe: Recipe) -> list[str]:
         f"{d.loss} loss" + (f" (c={d.huber_c})" if d.loss == "huber" else "") + f", {d.target} target",
         f"training     {t.max_steps} steps, batch {t.batch_size}/process, lr {t.learning_rate}, {t.optimizer}, "
         f"grad clip {t.grad_clip}, precision {t.mixed_precision}, seed {t.seed}",
+        *([f"motion       T2V-Turbo-v2 motion guidance: scale {d.motion.scale} on solver indices >= "
+           f"{(1 - d.motion.percentage) * d.num_ddim_timesteps:g} (the clip DDIM-inverted to each, temporal-attention "
+           f"prior x {d.motion.loss_scale:g}); the student learns motion_cond_proj + combine_proj"]
+          if d.motion.scale > 0 else []),
         f"checkpoints  every {t.checkpoint_every} steps, keep {t.keep_checkpoints}",
         f"data         {recipe.data.source}" + (f" from {recipe.data.path}" if recipe.data.path else ""),
     ]
