@@ -296,6 +296,9 @@ def export_student(
             write_lora_adapter(parts.unet, tmp, base)
             info.update(guidance_embedding="sin/cos of w*1000, 256-d (t2vturbo.consistency.guidance_embedding)",
                         default_guidance=meta.get("default_guidance", 7.5), fps=meta.get("fps"))
+            if parts.extra.get("v2_motion"):
+                info.update(motion_guidance="dropped: a peft adapter holds the LoRA and the guidance projection "
+                                            "only; the motion projections stay in the t2vturbo student file")
         else:
             if "v2_motion" in parts.extra:
                 info.update(motion_guidance=("dropped: a stock pipeline cannot give the motion condition on the first "

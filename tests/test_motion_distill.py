@@ -191,6 +191,13 @@ def test_distilling_with_motion_trains_the_projections_and_the_student_samples_w
                                    "--height", "32", "--width", "32", "-o", str(tmp_path / "v.gif")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "v.gif").is_file()
+    for fmt in ("diffusers", "lora"):  # export: the motion-free student, and t2vturbo.json says so
+        res = CliRunner().invoke(app, ["export", str(path), "--format", fmt, "--out", str(tmp_path / fmt)])
+        assert res.exit_code == 0, res.output
+        info = json.loads((tmp_path / fmt / "t2vturbo.json").read_text())
+        assert info["motion_guidance"].startswith("dropped")
+    exported = load_file(next((tmp_path / "diffusers" / "unet").glob("*.safetensors")))
+    assert not any("motion" in k or "combine_proj" in k for k in exported)
     res = CliRunner().invoke(app, ["sample", "a red circle moving left", "--model", "tiny", "--teacher",
                                    "--motion-guidance", "0.05", "-o", str(tmp_path / "t.gif")])
     assert res.exit_code != 0 and "needs a T2V-Turbo-v2 motion-guided student" in res.output
