@@ -384,10 +384,11 @@ class Distiller:
         """The teacher's guided noise with the motion prior on the active samples (the caller holds the adapter
         off and dropout off): the clip inverted to t_start, the temporal-attention energy's gradient at x_t."""
         from .motion_prior import guided_noise, invert_latents, motion_prior_score
+        from .student import teacher_mode
 
         act = motion["active"].nonzero().flatten()
         sub_fps = None if fps is None else fps[act]
-        with self.acc.autocast():
+        with teacher_mode(self.unet), self.acc.autocast():
             reference = invert_latents(self.parts, motion["latents"][act], motion["index"][act], self.solver_t,
                                        cond[act], sub_fps)
             score, _, _, energy = motion_prior_score(self.parts, x_t[act], t_start[act], reference, cond[act],

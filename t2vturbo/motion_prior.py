@@ -54,12 +54,14 @@ def motion_prior_score(parts, x_t: torch.Tensor, t: torch.Tensor, reference: tor
     over the batch), as in the reference's one-clip preprocessing. The caller runs it with the adapter off."""
     with torch.no_grad(), record_temporal_attention(parts.unet) as ref:
         parts.denoise(reference, t, text, fps=fps)
-    with torch.enable_grad():
+    # the backward stays inside the recording block: under block checkpointing it recomputes the attention, which
+    # must run the same processor as the forward did (what it records then is not used)
+    with torch.enable_grad(), record_temporal_attention(parts.unet) as gen:
         x = x_t.detach().requires_grad_(True)
-        with record_temporal_attention(parts.unet) as gen:
-            x0, eps = parts.denoise(x, t, text, fps=fps)
+        x0, eps = parts.denoise(x, t, text, fps=fps)
+        maps = list(gen.probs)
         # equal-size, batch-major maps: the batch mean times B is the sum of the per-clip energies
-        energy = loss_scale * motion_prior_loss(gen.probs, ref.probs) * x_t.shape[0]
+        energy = loss_scale * motion_prior_loss(maps, ref.probs) * x_t.shape[0]
         (score,) = torch.autograd.grad(energy, x)
     return score.detach(), x0.detach(), eps.detach(), energy.detach()
 

@@ -131,7 +131,8 @@ def test_distilling_with_motion_trains_the_projections_and_the_student_samples_w
 
     ov = small_distill_overrides(clips, steps=2, **{
         "distill.motion.scale": 0.05, "distill.motion.percentage": 1.0, "distill.num_ddim_timesteps": 10,
-        "distill.skip": 100, "sample.prompts": "[]", "rewards": "[]", "train.num_threads": 1})
+        "distill.skip": 100, "sample.prompts": "[]", "rewards": "[]", "train.num_threads": 1,
+        "train.gradient_checkpointing": True})  # the score's backward then recomputes the recorded attention
     d = Distiller(load_recipe(TINY, ov), tmp_path / "run", progress=False, log=lambda m: None)
     d.setup()
     motion = d.unet.motion_condition
@@ -164,6 +165,30 @@ def test_distilling_with_motion_trains_the_projections_and_the_student_samples_w
     torch.testing.assert_close(guided_prev[0], plain_prev[0])  # inactive sample: unchanged
     assert float((guided_prev[1] - plain_prev[1]).abs().max()) > 0
     assert off["energy"] > 0
+
+    # the prior is the teacher's (adapter off), not the student's: checked with a student that differs from it
+    from t2vturbo.motion_prior import guided_noise, invert_latents, motion_prior_score
+    from t2vturbo.student import teacher_mode
+
+    saved = {n: p.detach().clone() for n, p in d.unet.named_parameters() if "lora_B" in n}
+    with torch.no_grad():
+        for n, p in d.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05, generator=gen)
+    with teacher_mode(d.unet):
+        ref = invert_latents(d.parts, latents, index, d.solver_t, cond)
+        score = motion_prior_score(d.parts, x_t, t_start, ref, cond, None, 100.0)[0]
+    student_score = motion_prior_score(d.parts, x_t, t_start, invert_latents(d.parts, latents, index, d.solver_t, cond),
+                                       cond, None, 100.0)[0]
+    assert float((student_score - score).abs().max()) > 1e-6  # the check below can tell them apart
+    zeros = torch.zeros_like(x_t)
+    got = d._motion_guided(zeros, x_t, t_start, cond, None, dict(inputs))
+    abar = d.schedule.alphas_cumprod[t_start]
+    torch.testing.assert_close(got, guided_noise(zeros, score, inputs["scale"], abar), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        for n, p in d.unet.named_parameters():
+            if n in saved:
+                p.copy_(saved[n])
 
     # two training steps: the motion projections move, the student file holds them, student.json records them
     before = {k: v.clone() for k, v in motion.state_dict().items()}
