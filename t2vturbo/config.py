@@ -169,6 +169,10 @@ class TrainConfig:
     split_reward_backward: bool = False
     #: torch CPU threads (0 = torch's default)
     num_threads: int = 0
+    #: encode every caption of the data (and sample.prompts) once at setup, then free the text encoders: the
+    #: teacher's and each reward's text tower (their weights are never needed again). Costs the teacher's text
+    #: states per caption (L x D, e.g. 77 x 1024 in the model dtype for ModelScope): for caption sets that fit
+    cache_text: bool = False
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):

@@ -131,6 +131,10 @@ class FolderStream:
                     raise ConfigError(f"no readable video in {len(self.clips)} clips listed for data.path") from None
         return torch.stack(pixels), caps
 
+    def captions(self) -> list[str]:
+        """Every caption of the table (each once, in table order)."""
+        return list(dict.fromkeys(c.caption for c in self.clips))
+
     def state_dict(self) -> dict:
         return {"position": self.position, "skipped": list(self.skipped)}
 
@@ -166,6 +170,10 @@ class TinyWorldStream:
             clips = torch.stack([fit_clip(c, *self.shape) for c in clips])
         self.position += 1
         return clips, list(caps)
+
+    def captions(self) -> list[str]:
+        """Every caption this stream can give (the world's 48)."""
+        return self.world_mod.all_captions()
 
     def state_dict(self) -> dict:
         return {"position": self.position, "skipped": []}

@@ -205,9 +205,39 @@ class Distiller:
         self.uncond = parts.encode_text([""])
         self.fps = torch.tensor([r.video.fps], device=self.device) if parts.default_fps is not None else None
         self.stream = make_stream(r, self.rank, self.world, log=self.log)
+        if r.train.cache_text:
+            self.cache_text(self.stream.captions())
         self.ckpt_root = self.out / "checkpoints"
         if self.resume:
             self._resume()
+
+    def cache_text(self, captions: list[str]) -> int:
+        """``train.cache_text``: encode ``captions`` (plus sample.prompts and the empty prompt) with the teacher's
+        text encoder and each reward's text tower once, then free those weights; the teacher's ``encode_text`` and
+        the rewards' text methods answer from the cache from then on (the same tensors they would compute).
+        Returns the bytes of weights freed."""
+        parts = self.parts
+        prompts = list(dict.fromkeys([*captions, *self.recipe.sample.prompts, ""]))
+        encode = parts.encode_text
+        with torch.no_grad():
+            states = torch.cat([encode(prompts[i : i + 32]) for i in range(0, len(prompts), 32)])
+        table = dict(zip(prompts, states, strict=True))
+        freed = sum(p.numel() * p.element_size() for p in parts.text_encoder.parameters())
+        parts.text_encoder = None
+
+        def cached(batch: list[str]) -> torch.Tensor:
+            missing = next((p for p in batch if p not in table), None)
+            if missing is not None:
+                raise ConfigError(f"caption {missing!r} is not in the text cache (train.cache_text encodes the "
+                                  "data's captions once and frees the text encoder); set train.cache_text=false")
+            return torch.stack([table[p] for p in batch])
+
+        parts.encode_text = cached
+        for _, model in self.rewards:
+            freed += model.cache_prompts(prompts)
+        self.log(f"text cache: {len(prompts)} prompts encoded once; {freed / 2**20:.0f} MiB of text-encoder "
+                 "weights freed")
+        return freed
 
     def _prepare_output_dir(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

@@ -39,22 +39,24 @@ def test_small_report_runs_every_row(tmp_path):
     assert tasks == [("sample", "eager", False, True), ("distill", "ours", False, True),
                      ("distill", "reference", False, True), ("distill", "ours", False, False),
                      ("distill", "ours", True, True), ("distill", "ours", True, True),
-                     ("distill", "ours", False, False), ("score", "batched", False, True)]
+                     ("distill", "ours", False, False), ("distill", "ours", False, False),
+                     ("score", "batched", False, True)]
     assert report["runs"][5]["split"] and not report["runs"][4].get("split")
     assert report["runs"][6]["reward_dtype"] == "bfloat16" and "rewards in bfloat16" in report["table"]
+    assert report["runs"][7]["cache_text"] and "text cached" in report["table"]
     sample = report["runs"][0]
     assert sample["teacher"]["unet_calls"] == 6 and sample["student"]["unet_calls"] == 4
     for row in (sample["teacher"], sample["student"], sample["student_batched"]):
         parts = row["unet_s"] + row["vae_s"] + row["text_s"] + row["other_s"]
         assert row["s_per_video"] > 0 and abs(parts - row["s_per_video"]) < 1e-6
     assert sample["speedup"] > 0 and sample["batch"] == 2
-    for run in report["runs"][1:7]:
+    for run in report["runs"][1:8]:
         assert run["s_per_step"] > 0 and run["peak_mb"] > 0 and len(run["losses"]) == 1
         assert run["peak_mb"] >= run["setup_mb"] > 0 and run["peak_is_steps_only"]
     ours, ref = report["runs"][1], report["runs"][2]
     assert ours["unet_params"] == ref["unet_params"]  # the same model on both sides
     assert ours["trained_params"] == ref["trained_params"] > 0
-    score = report["runs"][7]
+    score = report["runs"][8]
     for name in ("hpsv2.1", "viclip"):
         assert score[name]["model_videos_per_s_one"] > 0 and score[name]["e2e_videos_per_s_batched"] > 0
     table = report["table"]

@@ -18,20 +18,61 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import UnknownRewardError
+from ..errors import ConfigError, UnknownRewardError
 
 RewardKind = Literal["image", "video"]
 
 
 class RewardModel(nn.Module):
-    """Base class. Subclasses set ``kind`` and ``num_frames`` and implement :meth:`forward`."""
+    """Base class. Subclasses set ``kind`` and ``num_frames`` and implement :meth:`forward`.
+
+    A reward whose text side is a separate tower can name it for :meth:`cache_prompts` (``train.cache_text``):
+    ``text_method`` is the method that turns prompts into the text features ``forward`` uses, ``text_modules``
+    the dotted names of the submodules / parameters only that method uses."""
 
     kind: RewardKind = "image"
     #: frames a video reward expects (None = any number; image rewards: None)
     num_frames: int | None = None
+    text_method: str | None = None
+    text_modules: tuple[str, ...] = ()
 
     def forward(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def cache_prompts(self, prompts: list[str], batch_size: int = 32) -> int:
+        """Encode every prompt once, keep the features, and free the text tower (its weights are never needed
+        again): from then on ``text_method`` answers from the cache, and a prompt outside it is a one-line error.
+        Returns the bytes of weights freed (0 when this reward has no separable text tower: nothing changes)."""
+        if self.text_method is None or not self.text_modules:
+            return 0
+        encode = getattr(self, self.text_method)
+        unique = list(dict.fromkeys(prompts))
+        with torch.no_grad():
+            feats = [encode(unique[i : i + batch_size]) for i in range(0, len(unique), batch_size)]
+        table = dict(zip(unique, torch.cat(feats).detach(), strict=True))
+        freed = 0
+        for dotted in self.text_modules:
+            owner_name, _, attr = dotted.rpartition(".")
+            owner = self.get_submodule(owner_name) if owner_name else self
+            value = getattr(owner, attr, None)
+            if value is None:
+                continue
+            tensors = value.parameters() if isinstance(value, nn.Module) else [value]
+            freed += sum(t.numel() * t.element_size() for t in tensors)
+            delattr(owner, attr)
+            setattr(owner, attr, None)
+        name = self.text_method
+
+        def cached(batch: list[str]) -> torch.Tensor:
+            missing = next((p for p in batch if p not in table), None)
+            if missing is not None:
+                raise ConfigError(f"prompt {missing!r} is not in this reward's text cache (train.cache_text encodes "
+                                  "the data's captions once and frees the text tower); set train.cache_text=false")
+            return torch.stack([table[p] for p in batch])
+
+        setattr(self, name, cached)
+        self._prompt_cache = table
+        return freed
 
 
 @dataclass(frozen=True)

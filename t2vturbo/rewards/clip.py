@@ -33,6 +33,9 @@ class OpenClipReward(RewardModel):
     """
 
     kind = "image"
+    text_method = "encode_prompts"
+    text_modules = ("model.transformer", "model.token_embedding", "model.positional_embedding", "model.ln_final",
+                    "model.text_projection")
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()

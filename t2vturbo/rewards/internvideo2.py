@@ -225,6 +225,8 @@ class InternVideo2(RewardModel):
     """InternVideo2 as a video reward: (B, T=num_frames, 3, H, W) frames in [0, 1] + B prompts -> (B,) scores."""
 
     kind = "video"
+    text_method = "encode_text"
+    text_modules = ("text_encoder", "text_proj")
 
     def __init__(self, cfg: InternVideo2Config = InternVideo2Config(), tokenizer=None):
         super().__init__()

@@ -23,6 +23,8 @@ PICKSCORE_HUB_REPO = "yuvalkirstain/PickScore_v1"
 
 class PickScore(RewardModel):
     kind = "image"
+    text_method = "encode_prompts"
+    text_modules = ("model.text_model", "model.text_projection")
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()

@@ -137,6 +137,8 @@ class ViCLIP(RewardModel):
     """ViCLIP as a video reward: (B, T=num_frames, 3, H, W) frames in [0, 1] + B prompts -> (B,) cosine scores."""
 
     kind = "video"
+    text_method = "encode_text"
+    text_modules = ("text_encoder",)
 
     def __init__(self, cfg: ViCLIPConfig = ViCLIPConfig()):
         super().__init__()

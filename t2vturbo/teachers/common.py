@@ -16,6 +16,8 @@ def move_modules(modules: Iterable[nn.Module], device=None, dtype=None) -> None:
     """``.to(device, dtype)`` only the modules whose first parameter differs (diffusers prints a float32 notice
     on every cast of a model with float32-kept modules, even a no-op one)."""
     for m in modules:
+        if m is None:  # freed (train.cache_text drops the text encoder)
+            continue
         p = next(m.parameters())
         if (device is not None and p.device != torch.device(device)) or (dtype is not None and p.dtype != dtype):
             m.to(device=device, dtype=dtype)
