@@ -35,7 +35,7 @@ from .consistency import (
 from .data import make_stream, mix_seed
 from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from .names import torch_dtype
-from .rewards import RewardModel, load_reward, strided_frame_indices
+from .rewards import RewardModel, cached_lookup, load_reward, strided_frame_indices
 from .safeio import atomic_path
 from .schedules import VPSchedule
 from .student import (
@@ -224,15 +224,7 @@ class Distiller:
         table = dict(zip(prompts, states, strict=True))
         freed = sum(p.numel() * p.element_size() for p in parts.text_encoder.parameters())
         parts.text_encoder = None
-
-        def cached(batch: list[str]) -> torch.Tensor:
-            missing = next((p for p in batch if p not in table), None)
-            if missing is not None:
-                raise ConfigError(f"caption {missing!r} is not in the text cache (train.cache_text encodes the "
-                                  "data's captions once and frees the text encoder); set train.cache_text=false")
-            return torch.stack([table[p] for p in batch])
-
-        parts.encode_text = cached
+        parts.encode_text = cached_lookup(table, "the teacher's text cache")
         for _, model in self.rewards:
             freed += model.cache_prompts(prompts)
         self.log(f"text cache: {len(prompts)} prompts encoded once; {freed / 2**20:.0f} MiB of text-encoder "

@@ -54,7 +54,7 @@ def test_a_reward_answers_from_its_cache_with_the_same_scores_and_frees_its_text
         with torch.no_grad():
             after = model(frames, PROMPTS)
         torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)  # batched differently: rounding only
-        with pytest.raises(ConfigError, match="not in this reward's text cache"):
+        with pytest.raises(ConfigError, match="is not in this reward's text cache"):
             model(frames[:1], ["a prompt never seen"])
 
 
@@ -84,6 +84,6 @@ def test_distill_with_cache_text_gives_the_same_step_and_frees_the_text_encoder(
     assert m_cached == pytest.approx(m_plain, rel=1e-5)
     assert plain.parts.text_encoder is not None and cached.parts.text_encoder is None
     assert any(line.startswith("text cache: ") and "MiB of text-encoder weights freed" in line for line in logs)
-    with pytest.raises(ConfigError, match="not in the text cache"):
+    with pytest.raises(ConfigError, match="is not in the teacher's text cache"):
         cached.parts.encode_text(["a caption the data does not have"])
     assert len(cached.write_samples()) == 1  # sample.prompts are cached too: the end-of-run samples still work

@@ -61,18 +61,23 @@ class RewardModel(nn.Module):
             freed += sum(t.numel() * t.element_size() for t in tensors)
             delattr(owner, attr)
             setattr(owner, attr, None)
-        name = self.text_method
-
-        def cached(batch: list[str]) -> torch.Tensor:
-            missing = next((p for p in batch if p not in table), None)
-            if missing is not None:
-                raise ConfigError(f"prompt {missing!r} is not in this reward's text cache (train.cache_text encodes "
-                                  "the data's captions once and frees the text tower); set train.cache_text=false")
-            return torch.stack([table[p] for p in batch])
-
-        setattr(self, name, cached)
+        setattr(self, self.text_method, cached_lookup(table, "this reward's text cache"))
         self._prompt_cache = table
         return freed
+
+
+def cached_lookup(table: dict[str, torch.Tensor], what: str) -> Callable[[list[str]], torch.Tensor]:
+    """A text method answering from ``table`` (prompt -> features): the stacked features of a batch, and a
+    one-line error for a prompt outside it (``train.cache_text``)."""
+
+    def lookup(batch: list[str]) -> torch.Tensor:
+        missing = next((p for p in batch if p not in table), None)
+        if missing is not None:
+            raise ConfigError(f"prompt {missing!r} is not in {what} (train.cache_text encodes the data's captions "
+                              "once and frees the text encoders); set train.cache_text=false")
+        return torch.stack([table[p] for p in batch])
+
+    return lookup
 
 
 @dataclass(frozen=True)
