@@ -6,7 +6,7 @@ uses makes the swapped error larger than the true one; equal errors mean the wor
 This is how we found that the shipped teacher ignores the direction word at every noise level (its objects move,
 but in a direction its noise picks).
 
-  python scripts/probe_tiny_conditioning.py [--teacher tiny|FOLDER] [--clips 32]
+  python scripts/probe_tiny_conditioning.py [--teacher tiny|FOLDER] [--clips 32] [--trail ...] [--travel LO:HI]
 """
 
 from __future__ import annotations
@@ -59,8 +59,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950, 999])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trail", default="", help="the world's motion trail, as the teacher was trained (world.TRAIL)")
+    ap.add_argument("--travel", default="", help="the world's travel range LO:HI, as trained (world.TRAVEL)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from t2vturbo.tiny import world
+
+    world.TRAIL = tuple(tuple(float(x) for x in v.split(":")) for v in args.trail.split(",") if v)
+    world.TRAVEL = tuple(float(x) for x in args.travel.split(":")) if args.travel else None
     rows = probe(args.teacher, args.clips, args.seed, args.timesteps)
     keys = [k for k in rows[0] if k not in ("t", "snr")]
     print("x0 mean squared error by caption (lower = better); a used word: swapped > true")
