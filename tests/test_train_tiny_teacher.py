@@ -40,3 +40,33 @@ def test_frame_code_is_a_distinct_input_free_code_per_frame():
     assert code.mean(0).abs().max() < 1e-5  # centred over the frames
     gaps = torch.cdist(code, code) + torch.eye(frames) * 1e3
     assert gaps.min() > 1e-3  # every frame's code differs from every other's
+
+
+def test_train_text_trains_the_encoder_with_the_unet_and_resumes_exactly(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from t2vturbo.tiny import world
+
+    script = _script()
+    monkeypatch.setattr(world, "TRAVEL", (5.0, 8.0))
+    init = tiny.build_tiny_teacher(0).text_encoder.state_dict()
+    runs = {}
+    for name, stops in (("straight", [None]), ("resumed", [1, None])):
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copytree(tiny.TEACHER_DIR / "vae", out / "vae")
+        for stop in stops:
+            script.train_unet(out, seed=0, steps=2, batch=2, lr=1e-3, drop=0.1, snr_gamma=5.0, stop_after=stop,
+                              checkpoint_dir=out / "ck", travel=(5.0, 8.0), train_text=True)
+        runs[name] = load_file(out / "text_encoder" / "model.safetensors")
+        meta = json.loads((out / "ck" / "unet-train.json").read_text())
+        assert meta["train_text"] is True and meta["travel"] == [5.0, 8.0] and meta["step"] == 2
+        stats = json.loads((out / "training_stats.json").read_text())
+        assert stats["text_encoder"].startswith("trained with the UNet")
+    key = "embeddings.token_embedding.weight"
+    assert not torch.equal(runs["straight"][key], init[key])  # the encoder was trained
+    for k, v in runs["straight"].items():
+        torch.testing.assert_close(runs["resumed"][k], v, rtol=0, atol=0)  # stop + resume = one run
