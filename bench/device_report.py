@@ -323,6 +323,7 @@ def make_recipe(args):
     recipe.train.gradient_checkpointing = args.checkpointing
     recipe.train.reward_checkpointing = args.reward_checkpointing
     recipe.train.split_reward_backward = args.split
+    recipe.train.decode_checkpointing = args.decode_checkpointing
     recipe.train.optimizer = args.optimizer
     reward_dtype = args.reward_dtype or args.dtype
     recipe.rewards = [RewardConfig(name="hpsv2.1", weight=IMAGE_BETA, frames=IMAGE_FRAMES, dtype=reward_dtype),
@@ -567,9 +568,10 @@ def plan(args) -> list[dict]:
         if last == "float32":  # the frozen rewards' weights in bf16 (rewards[].dtype), nothing recomputed
             runs.append(dict(task="distill", variant="ours", dtype=last, checkpointing=False, optimizer="adamw",
                              reward_checkpointing=False, reward_dtype="bfloat16"))
-        # the text encoders freed after encoding the captions once (train.cache_text), nothing recomputed
+        # the text encoders freed after encoding the captions once (train.cache_text), and the reward frames
+        # decoded again in the backward (train.decode_checkpointing; the reward models are not rerun)
         runs.append(dict(task="distill", variant="ours", dtype=last, checkpointing=False, optimizer="adamw",
-                         reward_checkpointing=False, cache_text=True))
+                         reward_checkpointing=False, cache_text=True, decode_checkpointing=True))
         if cuda:
             runs.append(dict(task="distill", variant="ours", dtype=last, checkpointing=True, optimizer="adamw8bit"))
     if "score" in only:
@@ -587,6 +589,8 @@ def label(run: dict) -> str:
         extra.append(f"rewards in {run['reward_dtype']}")
     if run.get("cache_text"):
         extra.append("text cached")
+    if run.get("decode_checkpointing"):
+        extra.append("decode checkpointing")
     if run.get("checkpointing"):
         extra.append("checkpointing")
     if run.get("optimizer") == "adamw8bit":
@@ -683,6 +687,7 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reward-dtype", default="", help=argparse.SUPPRESS)
     ap.add_argument("--cache-text", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--decode-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.task:
         child(args)
@@ -709,6 +714,7 @@ def main() -> None:
         cmd += ["--split"] if run.get("split") else []
         cmd += ["--reward-dtype", run["reward_dtype"]] if run.get("reward_dtype") else []
         cmd += ["--cache-text"] if run.get("cache_text") else []
+        cmd += ["--decode-checkpointing"] if run.get("decode_checkpointing") else []
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -164,6 +164,9 @@ class TrainConfig:
     #: keep no VAE-decoder or reward-model activations for the rewards' backward: each chunk of frames is
     #: decoded again there, and each reward model runs again, one at a time
     reward_checkpointing: bool = True
+    #: with reward_checkpointing off: still decode the reward frames again in the backward (chunks of
+    #: decode_chunk), keeping no decoder activations; the reward models keep theirs (one more decode per step)
+    decode_checkpointing: bool = False
     #: the rewards' gradient first, on a student prediction made without a graph: the reward branch and the
     #: student's graph are never alive together (one more student forward without grad)
     split_reward_backward: bool = False

@@ -43,7 +43,7 @@ def test_small_report_runs_every_row(tmp_path):
                      ("score", "batched", False, True)]
     assert report["runs"][5]["split"] and not report["runs"][4].get("split")
     assert report["runs"][6]["reward_dtype"] == "bfloat16" and "rewards in bfloat16" in report["table"]
-    assert report["runs"][7]["cache_text"] and "text cached" in report["table"]
+    assert report["runs"][7]["cache_text"] and "text cached + decode checkpointing" in report["table"]
     sample = report["runs"][0]
     assert sample["teacher"]["unet_calls"] == 6 and sample["student"]["unet_calls"] == 4
     for row in (sample["teacher"], sample["student"], sample["student_batched"]):

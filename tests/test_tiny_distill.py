@@ -40,6 +40,7 @@ def test_reward_memory_options_give_the_same_loss_and_gradients(tmp_path):
     out = {}
     variants = {"kept": ["train.reward_checkpointing=false"],
                 "checkpointed": ["train.reward_checkpointing=true", "train.decode_chunk=3"],
+                "decode-only": ["train.reward_checkpointing=false", "train.decode_checkpointing=true"],
                 "split": ["train.reward_checkpointing=false", "train.split_reward_backward=true", "lora.dropout=0.3"],
                 "joint": ["train.reward_checkpointing=false", "lora.dropout=0.3"]}
     for name, extra in variants.items():
@@ -56,12 +57,13 @@ def test_reward_memory_options_give_the_same_loss_and_gradients(tmp_path):
         loss.backward()
         grads = torch.cat([p.grad.flatten() for _, p in sorted(d.unet.named_parameters()) if p.grad is not None])
         out[name] = (loss.detach(), metrics["reward/tiny-image"], grads, len(calls))
-    for a, b in (("checkpointed", "kept"), ("split", "joint")):
+    for a, b in (("checkpointed", "kept"), ("decode-only", "kept"), ("split", "joint")):
         torch.testing.assert_close(out[a][0], out[b][0], atol=1e-6, rtol=1e-5)
         assert abs(out[a][1] - out[b][1]) < 1e-6
         torch.testing.assert_close(out[a][2], out[b][2], atol=1e-7, rtol=1e-4)
     assert not torch.allclose(out["joint"][2], out["kept"][2])  # dropout 0.3 vs 0.1: the masks matter
     assert out["kept"][3] == 1 and out["checkpointed"][3] > 2  # chunks decoded again in the backward
+    assert out["decode-only"][3] > 2
 
 
 def test_rewards_in_bfloat16_train_and_a_bad_dtype_is_one_line(tmp_path):
