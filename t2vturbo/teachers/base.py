@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 
 @runtime_checkable
@@ -42,6 +43,8 @@ class Teacher(Protocol):
         ...
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_cond: torch.Tensor | None = None,
-                fps: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prediction at timestep ``t`` in the common form (x0, eps)."""
+                fps: torch.Tensor | int | None = None, network: nn.Module | None = None,
+                motion_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction at timestep ``t`` in the common form (x0, eps); ``network`` runs instead of the model's
+        own (its DDP wrapper while distilling), ``motion_cond`` is T2V-Turbo-v2's motion condition (None: none)."""
         ...

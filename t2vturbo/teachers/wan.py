@@ -150,9 +150,13 @@ class WanTeacher:
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_cond: torch.Tensor | None = None,
                 fps: torch.Tensor | int | None = None, network: nn.Module | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                motion_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) of the transformer's velocity at latents ``x`` (B, C, F', h, w) and float timesteps ``t`` (B,)
-        (sigma x 1000). ``guidance_cond`` is a student's guidance embedding (its projection must be attached)."""
+        (sigma x 1000). ``guidance_cond`` is a student's guidance embedding (its projection must be attached).
+        ``motion_cond`` (T2V-Turbo-v2's motion condition) has no input here: anything but None is refused."""
+        if motion_cond is not None:
+            raise ConfigError("a Wan2.1 transformer has no motion condition (T2V-Turbo-v2 motion guidance is for "
+                              "VideoCrafter2 / UNet3D students); leave out --motion-guidance")
         net = network if network is not None else self.transformer
         with guidance_input(self.transformer, guidance_cond):
             v = net(hidden_states=x, timestep=torch.as_tensor(t, device=x.device), encoder_hidden_states=text,
