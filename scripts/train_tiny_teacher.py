@@ -299,7 +299,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
                extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800,
                zero_snr: bool = False, frame_code: bool = False, trail: tuple[tuple[float, float], ...] = (),
-               travel: tuple[float, float] | None = None, train_text: bool = False) -> None:
+               travel: tuple[float, float] | None = None, train_text: bool = False,
+               attention_head_dim: int | None = None) -> None:
     """DDPM training of the UNet (the prediction type of tiny.SCHEDULER_CONFIG). Every random draw of step ``i`` comes from (seed, i), so a run stopped
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
@@ -347,7 +348,10 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     index = {c: i for i, c in enumerate(captions)}
 
     torch.manual_seed(seed)
-    unet = UNet3DConditionModel(**tiny.UNET_CONFIG)
+    unet_config = dict(tiny.UNET_CONFIG)
+    if attention_head_dim:  # channels per attention head (diffusers' UNet3D reads attention_head_dim so)
+        unet_config["attention_head_dim"] = attention_head_dim
+    unet = UNet3DConditionModel(**unet_config)
     if frame_code:
         for layer in frame_code_layers(unet):
             add_frame_code(layer)
@@ -369,7 +373,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                 or meta.get("zero_snr", False) != zero_snr or meta.get("frame_code", False) != frame_code
                 or [list(v) for v in meta.get("trail", [])] != [list(v) for v in trail]
                 or meta.get("travel") != (list(travel) if travel else None)
-                or meta.get("train_text", False) != train_text):
+                or meta.get("train_text", False) != train_text
+                or meta.get("attention_head_dim") != attention_head_dim):
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
@@ -402,7 +407,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                 "high_frac": high_frac, "high_from": high_from, "zero_snr": zero_snr,
                 "frame_code": frame_code, "trail": [list(v) for v in trail],
                 "travel": list(travel) if travel else None, "train_text": train_text,
-                "elapsed": elapsed + time.time() - t0}
+                "attention_head_dim": attention_head_dim, "elapsed": elapsed + time.time() - t0}
         ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
         tmp.replace(ckpt)
         ckpt.with_suffix(".json.tmp").replace(ckpt.with_suffix(".json"))
@@ -562,6 +567,8 @@ def main() -> None:
     ap.add_argument("--trail", default="", help="motion trail as BEHIND:OPACITY,... e.g. 3:0.5,6:0.25 (world.TRAIL)")
     ap.add_argument("--travel", default="", help="LO:HI pixels the object travels, starting anywhere (world.TRAVEL)")
     ap.add_argument("--train-text", action="store_true", help="train the text encoder with the UNet")
+    ap.add_argument("--attention-head-dim", type=int, default=None,
+                    help="channels per attention head (UNET_CONFIG: 8, i.e. 4 / 8 / 16 heads at the three levels)")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -582,7 +589,8 @@ def main() -> None:
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
                    guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
                    high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr,
-                   frame_code=args.frame_code, trail=trail, travel=travel, train_text=args.train_text)
+                   frame_code=args.frame_code, trail=trail, travel=travel, train_text=args.train_text,
+                   attention_head_dim=args.attention_head_dim)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 
