@@ -35,7 +35,7 @@ from .consistency import (
 from .data import make_stream, mix_seed
 from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from .names import torch_dtype
-from .rewards import RewardModel, cached_lookup, load_reward, strided_frame_indices
+from .rewards import RewardModel, cached_lookup, load_reward, prompt_table, strided_frame_indices
 from .safeio import atomic_path
 from .schedules import VPSchedule
 from .student import (
@@ -233,10 +233,7 @@ class Distiller:
         Returns the bytes of weights freed."""
         parts = self.parts
         prompts = list(dict.fromkeys([*captions, *self.recipe.sample.prompts, ""]))
-        encode = parts.encode_text
-        with torch.no_grad():
-            states = torch.cat([encode(prompts[i : i + 32]) for i in range(0, len(prompts), 32)])
-        table = dict(zip(prompts, states, strict=True))
+        table = prompt_table(parts.encode_text, prompts)
         freed = sum(p.numel() * p.element_size() for p in parts.text_encoder.parameters())
         parts.text_encoder = None
         parts.encode_text = cached_lookup(table, "the teacher's text cache")
@@ -379,8 +376,7 @@ class Distiller:
             return None
         n = self.recipe.distill.num_ddim_timesteps
         active = index >= (1 - self.motion.percentage) * n
-        scale = torch.where(active, torch.full_like(index, 0, dtype=torch.float32) + self.motion.scale,
-                            torch.zeros_like(index, dtype=torch.float32))
+        scale = active.float() * self.motion.scale
         m_emb = guidance_embedding(scale.cpu(), self.recipe.distill.guidance_embed_dim).to(self.device, latents.dtype)
         return {"active": active, "scale": scale, "m_emb": m_emb, "index": index, "latents": latents}
 

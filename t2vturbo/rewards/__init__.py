@@ -45,11 +45,7 @@ class RewardModel(nn.Module):
         Returns the bytes of weights freed (0 when this reward has no separable text tower: nothing changes)."""
         if self.text_method is None or not self.text_modules:
             return 0
-        encode = getattr(self, self.text_method)
-        unique = list(dict.fromkeys(prompts))
-        with torch.no_grad():
-            feats = [encode(unique[i : i + batch_size]) for i in range(0, len(unique), batch_size)]
-        table = dict(zip(unique, torch.cat(feats).detach(), strict=True))
+        table = prompt_table(getattr(self, self.text_method), prompts, batch_size)
         freed = 0
         for dotted in self.text_modules:
             owner_name, _, attr = dotted.rpartition(".")
@@ -64,6 +60,15 @@ class RewardModel(nn.Module):
         setattr(self, self.text_method, cached_lookup(table, "this reward's text cache"))
         self._prompt_cache = table
         return freed
+
+
+def prompt_table(encode: Callable[[list[str]], torch.Tensor], prompts: list[str],
+                 batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """{prompt: features} for each distinct prompt, encoded by ``encode`` in batches, without gradient."""
+    unique = list(dict.fromkeys(prompts))
+    with torch.no_grad():
+        feats = [encode(unique[i : i + batch_size]) for i in range(0, len(unique), batch_size)]
+    return dict(zip(unique, torch.cat(feats).detach(), strict=True))
 
 
 def cached_lookup(table: dict[str, torch.Tensor], what: str) -> Callable[[list[str]], torch.Tensor]:

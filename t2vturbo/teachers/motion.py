@@ -104,14 +104,9 @@ def add_motion_condition(unet: nn.Module) -> MotionCondition:
     if cond_proj is None:
         raise CheckpointError("motion projections need the student's guidance projection (time_embedding.cond_proj)")
     channels, embed_dim = cond_proj.weight.shape
-    module = MotionCondition(channels, embed_dim)
-    with torch.no_grad():
-        nn.init.zeros_(module.motion_cond_proj.weight)
-        eye = torch.eye(channels)
-        module.combine_proj.weight.copy_(torch.cat([eye, eye], dim=1))
-    param = cond_proj.weight
-    unet.motion_condition = module.to(device=param.device, dtype=param.dtype).requires_grad_(True)
-    return unet.motion_condition
+    eye = torch.eye(channels)
+    no_op = {"motion_cond_proj.weight": torch.zeros(channels, embed_dim), "combine_proj.weight": torch.cat([eye, eye], 1)}
+    return attach_motion_condition(unet, no_op).requires_grad_(True)
 
 
 def temporal_attention_layers(unet: nn.Module) -> list[nn.Module]:
