@@ -1,22 +1,27 @@
 """Train the embedded tiny teacher on the tiny world (t2vturbo/tiny/world.py), reproducibly from a seed.
 
-Stages (run in order; ``all`` runs the three):
+Stages (run in order; ``all`` runs the four):
   vae   build the AutoencoderKL (VAE_CONFIG) from its analytic init (4x4 average pooling of RGB / nearest
         upsampling, exact on this world's flat frames), optionally train it on single frames (--vae-steps,
         --vae-focus-steps; the shipped VAE uses none: 200 steps from a random init reconstructed clips that the
         judge read right (all three) 16-19% of the time, and 100 decoder steps from the analytic init took the
         analytic 78% down to 72%), and set
         ``scaling_factor`` so latents have unit std.
-  unet  train the UNet3DConditionModel (UNET_CONFIG) with the DDPM loss of the tiny schedule (v-prediction on
-        betas rescaled to zero terminal SNR, tiny.SCHEDULER_CONFIG; min-SNR-gamma weights) on VAE latents of
-        world clips, 10% of captions dropped to "" so classifier-free guidance works. The CLIP text encoder is
-        the random, frozen one of ``build_tiny_teacher(seed)`` (word-level tokens make its states distinct).
+  text  train the tiny CLIPTextModel (random init of ``build_tiny_teacher(seed)``) so that every attribute word
+        writes its own orthogonal code into the token states from its position on (``text_targets``; seconds).
+        The random encoder kept captions one word apart at cosine ~0.97, and the UNet could not tell the
+        directions apart (README, "Why the first tiny teacher was weak" (g)).
+  unet  train the UNet3DConditionModel (UNET_CONFIG) with the DDPM loss of the tiny schedule (--zero-snr:
+        v-prediction on betas rescaled to zero terminal SNR, tiny.ZERO_SNR_SCHEDULER_CONFIG; min-SNR-gamma
+        weights) on VAE latents of world clips, 10% of captions dropped to "" so classifier-free guidance works.
+        The text encoder is the frozen one of the text stage (--text-source random: the random init).
   eval  sample every caption of the world with DDIM + CFG (4 and 50 steps) and score with the analytic judge.
 
 The result is a diffusers-layout folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/, safetensors) that
 ``t2vturbo.tiny.load_tiny_teacher()`` picks up when it is t2vturbo/tiny/weights/teacher.
 
-  python scripts/train_tiny_teacher.py --stage all --seed 0
+  python scripts/train_tiny_teacher.py --stage all --seed 0 --zero-snr --unet-steps 900 --unet-batch 16 \
+      --unet-lr 1.5e-3 --out runs/tiny-teacher
 """
 
 from __future__ import annotations
@@ -291,6 +296,87 @@ def _update_stats(out: Path, stats: dict) -> None:
     path.write_text(json.dumps(old, indent=1))
 
 
+# ---------------------------------------------------------------------------------------------------------- text
+
+#: how strongly each attribute word writes its code into the token states (relative to the base code, 1)
+TEXT_CODE_WEIGHTS = {"colour": 1.5, "shape": 1.5, "direction": 2.0}
+
+
+def text_targets(tokenizer, captions: list[str], seed: int,
+                 weights: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (N, L) of ``captions`` and the hidden states (N, L, D) the text stage trains the encoder to give.
+
+    Every state is ``sqrt(D) * normalize(q0 + sum of w * code(word))`` over the attribute words (colour, shape,
+    direction) at or before that position, so the encoder stays causal, as CLIP is, and every token after the last
+    word carries the whole caption. The 1 + 12 codes are orthonormal and orthogonal to the all-ones vector, so a
+    target has zero mean and norm sqrt(D): exactly what CLIP's final LayerNorm can output. Captions one word apart
+    are then cosine ~0.6-0.7 apart instead of the random encoder's ~0.97 (README, "Why the first tiny teacher was
+    weak" (g)); the empty caption is q0 everywhere."""
+    dim = tiny.TEXT_CONFIG["hidden_size"]
+    words = [*tiny.COLOURS, *tiny.SHAPES, *tiny.DIRECTIONS]
+    kind = {**{w: "colour" for w in tiny.COLOURS}, **{w: "shape" for w in tiny.SHAPES},
+            **{w: "direction" for w in tiny.DIRECTIONS}}
+    gen = torch.Generator().manual_seed(7_919 * (seed + 1))
+    basis = torch.cat([torch.ones(dim, 1), torch.randn(dim, len(words) + 1, generator=gen)], dim=1)
+    codes = torch.linalg.qr(basis).Q[:, 1:].T  # (13, D), orthonormal, each orthogonal to ones
+    weights = {**TEXT_CODE_WEIGHTS, **(weights or {})}
+    code_of = {w: codes[i + 1] * weights[kind[w]] for i, w in enumerate(words)}
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    vocab = {i: t.replace("</w>", "") for t, i in tokenizer.get_vocab().items()}
+    targets = torch.empty(len(captions), ids.shape[1], dim)
+    for n in range(len(captions)):
+        acc = codes[0].clone()
+        for pos, tok in enumerate(ids[n].tolist()):
+            acc = acc + code_of.get(vocab[tok], 0.0)
+            targets[n, pos] = math.sqrt(dim) * acc / acc.norm()
+    return ids, targets
+
+
+def train_text(out: Path, seed: int, steps: int, lr: float, weights: dict[str, float] | None = None) -> dict:
+    """Train the tiny CLIPTextModel (from ``build_tiny_teacher(seed)``) to the states of ``text_targets``.
+
+    Full batch (the 48 captions and ""), MSE, Adam; seconds on the CPU. Writes OUT/tokenizer and OUT/text_encoder."""
+    from transformers import CLIPTokenizer
+
+    parts = tiny.build_tiny_teacher(seed)
+    tiny.write_tiny_tokenizer(out / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    text = parts.text_encoder
+    if text.config.vocab_size != len(tokenizer):
+        raise SystemExit(f"tokenizer has {len(tokenizer)} tokens, text encoder {text.config.vocab_size}")
+    weights = {**TEXT_CODE_WEIGHTS, **(weights or {})}
+    ids, targets = text_targets(tokenizer, all_captions() + [""], seed, weights)
+    no_dropout(text)
+    text.train().requires_grad_(True)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(text.parameters(), lr=lr)
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=20)
+        loss = F.mse_loss(text(ids).last_hidden_state, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"text step {step}/{steps} mse {loss.item():.5f}")
+    text.eval().requires_grad_(False)
+    with torch.no_grad():
+        states = text(ids).last_hidden_state
+    last = F.normalize(states[:, -1], dim=-1)
+    cos = last[:-1] @ last[:-1].T
+    one_word = [cos[i, j].item() for i, ci in enumerate(all_captions()) for j, cj in enumerate(all_captions())
+                if i < j and sum(a != b for a, b in zip(ci.split(), cj.split(), strict=True)) == 1]
+    stats = {"text_steps": steps, "text_lr": lr, "text_code_weights": weights, "text_seconds": round(time.time() - t0, 1),
+             "text_mse": F.mse_loss(states, targets).item(), "text_one_word_cosine_max": max(one_word),
+             "text_encoder": f"trained to text_targets(seed={seed}) from build_tiny_teacher({seed})"}
+    text.save_pretrained(out / "text_encoder", safe_serialization=True)
+    _update_stats(out, stats)
+    log(f"text done: {stats}")
+    return stats
+
+
 # ---------------------------------------------------------------------------------------------------------- UNet
 
 
@@ -300,7 +386,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800,
                zero_snr: bool = False, frame_code: bool = False, trail: tuple[tuple[float, float], ...] = (),
                travel: tuple[float, float] | None = None, train_text: bool = False,
-               attention_head_dim: int | None = None) -> None:
+               attention_head_dim: int | None = None, text_source: str = "trained", x0_floor: float = 0.0) -> None:
     """DDPM training of the UNet (the prediction type of tiny.SCHEDULER_CONFIG). Every random draw of step ``i`` comes from (seed, i), so a run stopped
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
@@ -313,7 +399,14 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
 
     ``train_text`` trains the CLIP text encoder with the UNet (same optimiser, its own EMA) instead of keeping
     the random frozen one: a frozen random encoder keeps captions that differ in one word only ~25% apart, and
-    mixes a word into every later token, so the UNet has to tease the direction word out of small differences."""
+    mixes a word into every later token, so the UNet has to tease the direction word out of small differences.
+
+    ``text_source`` "trained" (the default) uses the frozen encoder that ``--stage text`` wrote to OUT/text_encoder;
+    "random" the random one of ``build_tiny_teacher(seed)``, as the first teachers did.
+
+    ``x0_floor`` > 0 floors the x0-space weight of the epsilon loss at high noise: ``max(min(snr, g), floor) / snr``.
+    Min-SNR weights give the x0 error at t = 999 a weight of snr ~0.005; there the caption alone decides where the
+    object is and which way it goes."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from safetensors.torch import load_file, save_file
     from transformers import CLIPTokenizer
@@ -321,15 +414,22 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     from t2vturbo.schedules import VPSchedule
     from t2vturbo.teachers import DEFAULTS_FILE, encode_pixels, encode_prompts
 
+    from transformers import CLIPTextModel
+
     parts = tiny.build_tiny_teacher(seed)  # random text encoder (frozen unless train_text) + tokenizer
     tiny.write_tiny_tokenizer(out / "tokenizer")  # vocab.json + merges.txt: readable by any CLIPTokenizer
     parts.tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")  # train on exactly what is shipped
+    if text_source == "trained":  # the frozen encoder of --stage text
+        if not (out / "text_encoder" / "model.safetensors").is_file():
+            raise SystemExit(f"no {out / 'text_encoder'}: run --stage text first (or pass --text-source random)")
+        parts.text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder")
     if parts.text_encoder.config.vocab_size != len(parts.tokenizer):
         raise SystemExit(f"tokenizer has {len(parts.tokenizer)} tokens, text encoder {parts.text_encoder.config.vocab_size}")
     parts.vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
     parts.vae_scale = float(parts.vae.config.scaling_factor)
     parts.text_encoder.eval().requires_grad_(False)
-    parts.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    if text_source != "trained":
+        parts.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     sched_cfg = tiny.ZERO_SNR_SCHEDULER_CONFIG if zero_snr else tiny.SCHEDULER_CONFIG
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=1))
@@ -374,7 +474,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                 or [list(v) for v in meta.get("trail", [])] != [list(v) for v in trail]
                 or meta.get("travel") != (list(travel) if travel else None)
                 or meta.get("train_text", False) != train_text
-                or meta.get("attention_head_dim") != attention_head_dim):
+                or meta.get("attention_head_dim") != attention_head_dim
+                or meta.get("text_source", "random") != text_source or meta.get("x0_floor", 0.0) != x0_floor):
             raise SystemExit(f"{ckpt} belongs to another run ({meta}); delete it or pass its settings")
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
@@ -407,7 +508,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                 "high_frac": high_frac, "high_from": high_from, "zero_snr": zero_snr,
                 "frame_code": frame_code, "trail": [list(v) for v in trail],
                 "travel": list(travel) if travel else None, "train_text": train_text,
-                "attention_head_dim": attention_head_dim, "elapsed": elapsed + time.time() - t0}
+                "attention_head_dim": attention_head_dim, "text_source": text_source, "x0_floor": x0_floor,
+                "elapsed": elapsed + time.time() - t0}
         ckpt.with_suffix(".json.tmp").write_text(json.dumps(meta))
         tmp.replace(ckpt)
         ckpt.with_suffix(".json.tmp").replace(ckpt.with_suffix(".json"))
@@ -444,7 +546,7 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         if schedule.prediction_type == "v_prediction":
             w = torch.clamp(snr[t] + 1, max=snr_gamma) / (snr[t] + 1)
         else:
-            w = torch.clamp(snr[t], max=snr_gamma) / snr[t]
+            w = torch.clamp(torch.clamp(snr[t], max=snr_gamma), min=x0_floor) / snr[t]
         loss = (w * (pred - target).pow(2).mean(dim=(1, 2, 3, 4))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -478,8 +580,10 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
                         "unet_stopped_after": stop_after, "unet_batch": batch, "unet_lr": lr,
                         "unet_seconds": round(elapsed + time.time() - t0, 1), "unet_final_loss_avg": running,
                         "unet_params": sum(p.numel() for p in unet.parameters()),
-                        "text_encoder": (f"trained with the UNet from build_tiny_teacher({seed})" if train_text
-                                         else f"random frozen, build_tiny_teacher({seed})")})
+                        "unet_x0_floor": x0_floor,
+                        **({"text_encoder": f"trained with the UNet from build_tiny_teacher({seed})"} if train_text
+                           else {} if text_source == "trained"
+                           else {"text_encoder": f"random frozen, build_tiny_teacher({seed})"})})
     log("unet done")
 
 
@@ -533,7 +637,7 @@ def evaluate(out: Path, seed: int, guidance: float, steps_list: list[int], repea
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["vae", "unet", "eval", "all"], default="all")
+    ap.add_argument("--stage", choices=["vae", "text", "unet", "eval", "all"], default="all")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -546,6 +650,12 @@ def main() -> None:
     ap.add_argument("--vae-resume", action="store_true", help="skip phase 1: start phase 2 from OUT/vae")
     ap.add_argument("--vae-init", choices=["analytic", "random"], default="analytic")
     ap.add_argument("--vae-decoder-only", action="store_true", help="train only the decoder (latents unchanged)")
+    ap.add_argument("--text-steps", type=int, default=400)
+    ap.add_argument("--text-lr", type=float, default=3e-3)
+    ap.add_argument("--text-weights", default="", help="KIND:W,... code weights of --stage text, e.g. direction:3")
+    ap.add_argument("--text-source", choices=["trained", "random"], default="trained",
+                    help="the UNet's frozen text encoder: the one --stage text wrote, or the random init")
+    ap.add_argument("--x0-floor", type=float, default=0.0, help="floor of the x0-space loss weight at high noise")
     ap.add_argument("--unet-steps", type=int, default=250)
     ap.add_argument("--unet-batch", type=int, default=8)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
@@ -584,13 +694,17 @@ def main() -> None:
     if args.stage in ("vae", "all"):
         train_vae(args.out, args.seed, args.vae_steps, args.vae_batch, args.vae_lr, args.kl_weight,
                   args.vae_focus_steps, args.vae_focus_weight, args.vae_resume, args.vae_init, args.vae_decoder_only)
+    if args.stage in ("text", "all"):
+        weights = {k: float(v) for k, v in (kv.split(":") for kv in args.text_weights.split(",") if kv)}
+        train_text(args.out, args.seed, args.text_steps, args.text_lr, weights)
     if args.stage in ("unet", "all"):
         train_unet(args.out, args.seed, args.unet_steps, args.unet_batch, args.unet_lr, args.caption_dropout,
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
                    guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
                    high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr,
                    frame_code=args.frame_code, trail=trail, travel=travel, train_text=args.train_text,
-                   attention_head_dim=args.attention_head_dim)
+                   attention_head_dim=args.attention_head_dim, text_source=args.text_source,
+                   x0_floor=args.x0_floor)
     if args.stage in ("eval", "all"):
         evaluate(args.out, args.seed, args.guidance, args.eval_steps, args.eval_repeats)
 

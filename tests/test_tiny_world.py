@@ -104,6 +104,24 @@ def test_travel_option_starts_anywhere_and_moves_the_drawn_distance(monkeypatch)
     assert judge(render(params), params.captions())["all"] == 1.0
 
 
+def test_the_object_keeps_near_the_centre_line_across_its_motion(monkeypatch):
+    """world.CROSS_JITTER: across the motion axis the centre sits within that many pixels of the frame's centre
+    line (what the caption cannot say blurs the posterior at pure noise); None spreads it over the frame."""
+    import t2vturbo.tiny.world as world
+
+    assert world.CROSS_JITTER == 1.0
+    params = random_params(512, seed=4)
+    steps = torch.tensor([world.DIRECTION_STEPS[d] for d in world.DIRECTIONS])[params.direction]
+    across = params.start[steps == 0]  # the coordinate that does not move
+    assert float((across - tiny.WIDTH / 2).abs().max()) <= 1.0 + 1e-5
+    assert float(across.std()) > 0.3  # jittered, not fixed
+    monkeypatch.setattr(world, "CROSS_JITTER", None)
+    free = random_params(512, seed=4)
+    assert float(free.start[steps == 0].std()) > 2.0
+    for p in (params, free):
+        assert judge(render(p), p.captions())["all"] == 1.0
+
+
 def test_prompt_set_is_balanced_and_distinct():
     from collections import Counter
 

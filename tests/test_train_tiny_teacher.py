@@ -2,6 +2,7 @@
 
 import importlib.util
 
+import pytest
 import torch
 from conftest import REPO
 from diffusers import UNet3DConditionModel
@@ -60,7 +61,8 @@ def test_train_text_trains_the_encoder_with_the_unet_and_resumes_exactly(tmp_pat
         shutil.copytree(tiny.TEACHER_DIR / "vae", out / "vae")
         for stop in stops:
             script.train_unet(out, seed=0, steps=2, batch=2, lr=1e-3, drop=0.1, snr_gamma=5.0, stop_after=stop,
-                              checkpoint_dir=out / "ck", travel=(5.0, 8.0), train_text=True)
+                              checkpoint_dir=out / "ck", travel=(5.0, 8.0), train_text=True,
+                              text_source="random")
         runs[name] = load_file(out / "text_encoder" / "model.safetensors")
         meta = json.loads((out / "ck" / "unet-train.json").read_text())
         assert meta["train_text"] is True and meta["travel"] == [5.0, 8.0] and meta["step"] == 2
@@ -70,3 +72,59 @@ def test_train_text_trains_the_encoder_with_the_unet_and_resumes_exactly(tmp_pat
     assert not torch.equal(runs["straight"][key], init[key])  # the encoder was trained
     for k, v in runs["straight"].items():
         torch.testing.assert_close(runs["resumed"][k], v, rtol=0, atol=0)  # stop + resume = one run
+
+
+def _tokenizer(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tiny.write_tiny_tokenizer(tmp_path / "tok")
+    return CLIPTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_text_targets_are_layernorm_outputs_that_keep_one_word_apart_captions_apart(tmp_path):
+    from t2vturbo.tiny.world import all_captions
+
+    script = _script()
+    tok = _tokenizer(tmp_path)
+    caps = all_captions() + [""]
+    ids, targets = script.text_targets(tok, caps, seed=0)
+    dim = tiny.TEXT_CONFIG["hidden_size"]
+    assert targets.shape == (len(caps), tok.model_max_length, dim)
+    # what CLIP's final LayerNorm (unit gain, zero bias) can give: zero mean over channels, norm sqrt(D)
+    assert targets.mean(-1).abs().max() < 1e-5
+    torch.testing.assert_close(targets.norm(dim=-1), torch.full(targets.shape[:2], dim**0.5))
+    left, right = caps.index("a red circle moving left"), caps.index("a red circle moving right")
+    blue = caps.index("a blue circle moving left")
+    # causal: the states before the direction word are the same, after it they differ
+    pos = (ids[left] != ids[right]).nonzero()[0].item()
+    torch.testing.assert_close(targets[left, :pos], targets[right, :pos])
+    last = torch.nn.functional.normalize(targets[:, -1], dim=-1)
+    assert (last[left] @ last[right]).item() < 0.8  # the random encoder keeps these at ~0.97
+    assert (last[left] @ last[blue]).item() < 0.9
+    # the empty caption is the base code everywhere; a stronger direction weight separates directions more
+    torch.testing.assert_close(targets[-1], targets[-1, :1].expand_as(targets[-1]))
+    _, strong = script.text_targets(tok, caps, seed=0, weights={"direction": 4.0})
+    s = torch.nn.functional.normalize(strong[:, -1], dim=-1)
+    assert (s[left] @ s[right]).item() < (last[left] @ last[right]).item()
+    # reproducible from the seed, different for another seed
+    torch.testing.assert_close(script.text_targets(tok, caps, seed=0)[1], targets)
+    assert not torch.allclose(script.text_targets(tok, caps, seed=1)[1], targets)
+
+
+def test_text_stage_fits_the_targets_and_the_unet_stage_loads_its_encoder(tmp_path, monkeypatch):
+    from transformers import CLIPTextModel
+
+    from t2vturbo.tiny.world import all_captions
+
+    script = _script()
+    stats = script.train_text(tmp_path, seed=0, steps=60, lr=3e-3)
+    assert stats["text_mse"] < 0.05 and stats["text_steps"] == 60  # from ~1.9 at init
+    text = CLIPTextModel.from_pretrained(tmp_path / "text_encoder").eval()
+    tok = _tokenizer(tmp_path)
+    ids, targets = script.text_targets(tok, all_captions() + [""], seed=0)
+    with torch.no_grad():
+        got = text(ids).last_hidden_state
+    assert torch.nn.functional.mse_loss(got, targets).item() == pytest.approx(stats["text_mse"], rel=1e-4)
+    # the UNet stage refuses to run on a missing trained encoder, with one line saying what to run
+    with pytest.raises(SystemExit, match="--stage text"):
+        script.train_unet(tmp_path / "empty", seed=0, steps=1, batch=1, lr=1e-3, drop=0.1, snr_gamma=5.0)

@@ -25,14 +25,14 @@ PALETTE = {
 DIRECTION_STEPS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 # Ranges of the random nuisance parameters (pixels, grey level).
-HALF_SIZE = (4.9, 6.0)
+HALF_SIZE = (5.2, 5.8)
 #: the object crosses the frame: it starts within SLACK pixels of the side it leaves and its speed is set so it
 #: ends within the same distance of the opposite side. Its position along the motion axis is then (almost) a
 #: function of the direction and the frame index, which a video model can learn in a CPU budget; a uniformly
 #: random start makes the posterior mean at high noise a static blur, and motion was never learned that way.
 SLACK = 1.5
-BACKGROUND_GREY = (0.25, 0.40)
-BACKGROUND_TINT = 0.03
+BACKGROUND_GREY = (0.30, 0.35)
+BACKGROUND_TINT = 0.01
 MARGIN = 1.0
 #: a motion trail: (frames behind, opacity) of fading copies of the object where it was that many frames ago
 #: (empty = none). An option of the teacher-training experiments (scripts/train_tiny_teacher.py --trail): with
@@ -42,6 +42,10 @@ TRAIL: tuple[tuple[float, float], ...] = ()
 #: (translation-equivariant: where it is says nothing of where it goes, only the frame-to-frame shift does).
 #: None = it crosses the frame (SLACK). An option of the teacher-training experiments (--travel).
 TRAVEL: tuple[float, float] | None = None
+#: pixels the object's centre may sit off the frame's centre line across its motion (None = anywhere it fits).
+#: An option of the teacher-training experiments: the across-motion position is what a model cannot learn from the
+#: caption, so it blurs the posterior mean at high noise.
+CROSS_JITTER: float | None = 1.0
 
 
 @dataclass
@@ -102,6 +106,9 @@ def sample_params(colour: torch.Tensor, shape: torch.Tensor, direction: torch.Te
     lo = lo + torch.where(steps < 0, travel[:, None], torch.zeros_like(lo))
     hi = hi - torch.where(steps > 0, travel[:, None], torch.zeros_like(hi))
     start = lo + (hi - lo) * torch.rand(n, 2, generator=generator)
+    if CROSS_JITTER is not None:  # across the motion axis: near the centre line
+        centre = size[None] / 2 + CROSS_JITTER * (2 * torch.rand(n, 2, generator=generator) - 1)
+        start = torch.where(steps == 0, centre, start)
     grey = _uniform(generator, n, *BACKGROUND_GREY)
     tint = (torch.rand(n, 3, generator=generator) * 2 - 1) * BACKGROUND_TINT
     background = (grey[:, None] + tint).clamp(0, 1)
