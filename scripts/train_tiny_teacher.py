@@ -409,12 +409,10 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     object is and which way it goes."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from safetensors.torch import load_file, save_file
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     from t2vturbo.schedules import VPSchedule
     from t2vturbo.teachers import DEFAULTS_FILE, encode_pixels, encode_prompts
-
-    from transformers import CLIPTextModel
 
     parts = tiny.build_tiny_teacher(seed)  # random text encoder (frozen unless train_text) + tokenizer
     tiny.write_tiny_tokenizer(out / "tokenizer")  # vocab.json + merges.txt: readable by any CLIPTokenizer
