@@ -382,8 +382,8 @@ def train_text(out: Path, seed: int, steps: int, lr: float, weights: dict[str, f
 
 def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: float, snr_gamma: float,
                stop_after: int | None = None, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
-               eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int = 0,
-               extend_lr: float | None = None, high_frac: float = 0.0, high_from: int = 800,
+               eval_every: int = 0, eval_steps: int = 25, guidance: float = 7.5, extend: int | tuple[int, ...] = 0,
+               extend_lr: float | tuple[float | None, ...] | None = None, high_frac: float = 0.0, high_from: int = 800,
                zero_snr: bool = False, frame_code: bool = False, trail: tuple[tuple[float, float], ...] = (),
                travel: tuple[float, float] | None = None, train_text: bool = False,
                attention_head_dim: int | None = None, text_source: str = "trained", x0_floor: float = 0.0) -> None:
@@ -391,7 +391,9 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     at a checkpoint and resumed ends with the same weights as an uninterrupted one.
 
     ``extend`` more steps after the ``steps`` of the first cosine schedule run a second one (warm restart to
-    ``extend_lr``): how a finished teacher is trained further without changing what its first phase did.
+    ``extend_lr``): how a finished teacher is trained further without changing what its first phase did. A tuple
+    of steps (with one lr each, or one lr for all) runs one such phase after another, so a run extended once can be
+    extended again: earlier phases keep their schedules.
 
     ``high_frac`` of the samples draw their timestep from [``high_from``, 1000) instead of the whole range. The
     layout of a video (where the object starts, which way it goes) is decided in the first, noisiest sampling
@@ -512,14 +514,15 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
         tmp.replace(ckpt)
         ckpt.with_suffix(".json.tmp").replace(ckpt.with_suffix(".json"))
 
+    phases = extend_phases(steps, lr, extend, extend_lr)
     t0 = time.time()
-    total = steps + extend
+    total = phases[-1][0] + phases[-1][1]
     end = total if stop_after is None else min(total, stop_after)
     for step in range(start, end):
         gen = torch.Generator().manual_seed(1_000_003 * (seed + 2) + step)
+        begin, length, peak = next(ph for ph in phases if step < ph[0] + ph[1])
         for g in opt.param_groups:
-            g["lr"] = (lr_at(step, steps, lr, warmup=30) if step < steps
-                       else lr_at(step - steps, extend, extend_lr or lr, warmup=30))
+            g["lr"] = lr_at(step - begin, length, peak, warmup=30)
         # 1. data: fresh clips every step, encoded with the frozen VAE
         clips, caps = random_clips(batch, seed=10_000 * (seed + 1) + 5_000_000 + step)
         with torch.no_grad():
@@ -571,7 +574,8 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
             quick_eval(out, ema, step + 1, eval_steps, guidance, text_ema)
     # shipped in float16 (half the size; t2vturbo loads it as float32, and the evaluation uses these weights)
     copy.deepcopy(ema).half().save_pretrained(out / "unet", safe_serialization=True)
-    _update_stats(out, {"unet_steps": steps, "unet_extend_steps": extend, "unet_extend_lr": extend_lr,
+    _update_stats(out, {"unet_steps": steps, "unet_extend_steps": [ph[1] for ph in phases[1:]],
+                        "unet_extend_lr": [ph[2] for ph in phases[1:]],
                         "unet_trained_steps": end, "unet_high_noise_frac": high_frac,
                         "unet_high_noise_from": high_from, "unet_zero_snr": zero_snr, "unet_frame_code": frame_code,
                         "world_trail": [list(v) for v in trail], "world_travel": list(travel) if travel else None,
@@ -586,6 +590,24 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
 
 
 @torch.no_grad()
+def extend_phases(steps: int, lr: float, extend: int | tuple[int, ...],
+                  extend_lr: float | tuple[float | None, ...] | None) -> list[tuple[int, int, float]]:
+    """The cosine phases (first step, length, peak lr) of a UNet run: ``steps`` at ``lr``, then each ``extend``."""
+    ext = [extend] if isinstance(extend, int) else list(extend)
+    ext = [n for n in ext if n > 0]
+    lrs = list(extend_lr) if isinstance(extend_lr, (tuple, list)) else [extend_lr] * len(ext)
+    if len(lrs) == 1 and len(ext) > 1:
+        lrs = lrs * len(ext)
+    if len(lrs) != len(ext):
+        raise SystemExit(f"--unet-extend has {len(ext)} phases but --unet-extend-lr {len(lrs)} values: give one lr, "
+                         "or one per phase")
+    phases, begin = [(0, steps, lr)], steps
+    for n, peak in zip(ext, lrs, strict=True):
+        phases.append((begin, n, peak or lr))
+        begin += n
+    return phases
+
+
 def quick_eval(out: Path, unet, step: int, steps: int, guidance: float, text_encoder=None) -> None:
     """DDIM + CFG on the 48 captions with the current EMA weights (a progress check, not the shipped figure)."""
     from t2vturbo.sampling import sample_video
@@ -657,9 +679,11 @@ def main() -> None:
     ap.add_argument("--unet-steps", type=int, default=250)
     ap.add_argument("--unet-batch", type=int, default=8)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
-    ap.add_argument("--unet-extend", type=int, default=0,
-                    help="after --unet-steps, this many more steps on a second cosine schedule (resumes a finished run)")
-    ap.add_argument("--unet-extend-lr", type=float, default=None, help="peak lr of the --unet-extend phase")
+    ap.add_argument("--unet-extend", type=int, nargs="+", default=[0],
+                    help="after --unet-steps, this many more steps on a second cosine schedule (resumes a finished "
+                         "run); several numbers run several phases one after another")
+    ap.add_argument("--unet-extend-lr", type=float, nargs="+", default=None,
+                    help="peak lr of each --unet-extend phase (one value: all phases)")
     ap.add_argument("--unet-stop-after", type=int, default=None,
                     help="stop after this many steps of a --unet-steps schedule (what the shipped teacher did)")
     ap.add_argument("--checkpoint-dir", type=Path, default=Path("runs/tiny-teacher-train"),
@@ -698,7 +722,8 @@ def main() -> None:
     if args.stage in ("unet", "all"):
         train_unet(args.out, args.seed, args.unet_steps, args.unet_batch, args.unet_lr, args.caption_dropout,
                    args.snr_gamma, args.unet_stop_after, args.checkpoint_dir, eval_every=args.eval_every,
-                   guidance=args.guidance, extend=args.unet_extend, extend_lr=args.unet_extend_lr,
+                   guidance=args.guidance, extend=tuple(args.unet_extend),
+                   extend_lr=tuple(args.unet_extend_lr) if args.unet_extend_lr else None,
                    high_frac=args.high_noise_frac, high_from=args.high_noise_from, zero_snr=args.zero_snr,
                    frame_code=args.frame_code, trail=trail, travel=travel, train_text=args.train_text,
                    attention_head_dim=args.attention_head_dim, text_source=args.text_source,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -185,6 +187,11 @@ def test_shipped_teacher_loads_with_the_declared_architecture():
     for key, value in tiny.TEXT_CONFIG.items():
         assert getattr(parts.text_encoder.config, key) == value, key
     assert parts.vae_scale == pytest.approx(float(parts.vae.config.scaling_factor))
+    # trained on the zero-terminal-SNR v-prediction schedule: the folder says so, and the loaded schedule follows it
+    sched = json.loads((tiny.TEACHER_DIR / "scheduler" / "scheduler_config.json").read_text())
+    assert sched == tiny.ZERO_SNR_SCHEDULER_CONFIG
+    assert parts.schedule.prediction_type == "v_prediction" and parts.schedule.zero_snr
+    assert float(parts.schedule.alphas_cumprod[-1]) < 1e-6
     assert parts.name == "tiny"
     assert parts.dtype == torch.float32
     ids = parts.tokenizer("a red circle moving left").input_ids

@@ -128,3 +128,37 @@ def test_text_stage_fits_the_targets_and_the_unet_stage_loads_its_encoder(tmp_pa
     # the UNet stage refuses to run on a missing trained encoder, with one line saying what to run
     with pytest.raises(SystemExit, match="--stage text"):
         script.train_unet(tmp_path / "empty", seed=0, steps=1, batch=1, lr=1e-3, drop=0.1, snr_gamma=5.0)
+
+
+def test_extend_phases_chain_warm_restarts_without_changing_earlier_phases():
+    script = _script()
+    assert script.extend_phases(900, 1.5e-3, 0, None) == [(0, 900, 1.5e-3)]
+    once = script.extend_phases(900, 1.5e-3, 450, 1e-3)
+    twice = script.extend_phases(900, 1.5e-3, (450, 300), (1e-3, 5e-4))
+    assert once == [(0, 900, 1.5e-3), (900, 450, 1e-3)]
+    assert twice[:2] == once and twice[2] == (1350, 300, 5e-4)  # extending again keeps what was trained
+    assert script.extend_phases(10, 1e-3, (5, 5), (2e-3,))[1:] == [(10, 5, 2e-3), (15, 5, 2e-3)]  # one lr: all
+    assert script.extend_phases(10, 1e-3, (5,), None)[1] == (10, 5, 1e-3)  # no lr: the first phase's
+    with pytest.raises(SystemExit, match="one per phase"):
+        script.extend_phases(10, 1e-3, (5, 5, 5), (1e-3, 2e-3))
+
+
+def test_a_run_extended_twice_resumes_into_the_same_weights_as_one_run(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    script = _script()
+    runs = {}
+    for name, plan in (("straight", [(1, 1)]), ("chained", [(), (1,), (1, 1)])):
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copytree(tiny.TEACHER_DIR / "vae", out / "vae")
+        for extend in plan:  # the same command, extended once more each time, resumes from the checkpoint
+            script.train_unet(out, seed=0, steps=1, batch=2, lr=1e-3, drop=0.1, snr_gamma=5.0,
+                              checkpoint_dir=out / "ck", extend=extend or 0, extend_lr=2e-3, zero_snr=True,
+                              text_source="random")
+        runs[name] = load_file(out / "ck" / "unet-train.safetensors")
+    assert set(runs["chained"]) == set(runs["straight"])
+    for k, v in runs["straight"].items():
+        torch.testing.assert_close(runs["chained"][k], v, rtol=0, atol=0)

@@ -59,12 +59,13 @@ TEXT_CONFIG = dict(
 TEACHER_GUIDANCE = 7.5
 #: what t2vturbo_defaults.json of the shipped teacher folder holds
 STORED_DEFAULTS = {"frames": FRAMES, "fps": FPS, "guidance": TEACHER_GUIDANCE}
-#: the tiny teacher uses the same DDIM schedule as ModelScope and VideoCrafter2
+#: the random-init tiny teacher (``build_tiny_teacher``) uses the same DDIM schedule as ModelScope and VideoCrafter2
 SCHEDULER_CONFIG = DDIM_SCHEDULER_CONFIG
-#: the zero-terminal-SNR, v-prediction variant (``scripts/train_tiny_teacher.py --zero-snr``), tried for motion:
-#: under the standard schedule the last timestep keeps sqrt(alpha_bar) = 0.068 of the clip, enough to locate the
-#: object in every frame, so the teacher reads the motion from its input and never from the caption. Trained this
-#: way (1600 steps) it drew static objects instead (README, "Why the first tiny teacher was weak").
+#: the zero-terminal-SNR, v-prediction variant (``scripts/train_tiny_teacher.py --zero-snr``): the schedule of the
+#: shipped trained teacher (t2vturbo/tiny/weights/teacher/scheduler). Under the standard schedule the last
+#: timestep keeps sqrt(alpha_bar) = 0.068 of the clip, enough to locate the object in every frame, so a teacher
+#: reads the motion from its input and never from the caption; at zero terminal SNR only the caption can say it
+#: (README, "Why the first tiny teacher was weak").
 ZERO_SNR_SCHEDULER_CONFIG = {**DDIM_SCHEDULER_CONFIG, "prediction_type": "v_prediction",
                              "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 
