@@ -589,7 +589,6 @@ def train_unet(out: Path, seed: int, steps: int, batch: int, lr: float, drop: fl
     log("unet done")
 
 
-@torch.no_grad()
 def extend_phases(steps: int, lr: float, extend: int | tuple[int, ...],
                   extend_lr: float | tuple[float | None, ...] | None) -> list[tuple[int, int, float]]:
     """The cosine phases (first step, length, peak lr) of a UNet run: ``steps`` at ``lr``, then each ``extend``."""
@@ -608,6 +607,7 @@ def extend_phases(steps: int, lr: float, extend: int | tuple[int, ...],
     return phases
 
 
+@torch.no_grad()
 def quick_eval(out: Path, unet, step: int, steps: int, guidance: float, text_encoder=None) -> None:
     """DDIM + CFG on the 48 captions with the current EMA weights (a progress check, not the shipped figure)."""
     from t2vturbo.sampling import sample_video
