@@ -594,8 +594,8 @@ def extend_phases(steps: int, lr: float, extend: int | tuple[int, ...],
     """The cosine phases (first step, length, peak lr) of a UNet run: ``steps`` at ``lr``, then each ``extend``."""
     ext = [extend] if isinstance(extend, int) else list(extend)
     ext = [n for n in ext if n > 0]
-    lrs = list(extend_lr) if isinstance(extend_lr, (tuple, list)) else [extend_lr] * len(ext)
-    if len(lrs) == 1 and len(ext) > 1:
+    lrs = list(extend_lr) if isinstance(extend_lr, (tuple, list)) else [extend_lr]
+    if len(lrs) == 1:  # one lr (or None: the first phase's) for every phase
         lrs = lrs * len(ext)
     if len(lrs) != len(ext):
         raise SystemExit(f"--unet-extend has {len(ext)} phases but --unet-extend-lr {len(lrs)} values: give one lr, "

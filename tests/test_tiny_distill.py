@@ -10,19 +10,19 @@ from t2vturbo.distill import Distiller
 
 # tiny-video starts at 0.878 on this batch (real clips: ~0.89): at weight 1 the consistency loss outweighs its small
 # gradient there, so the test weighs it 10x to see that its gradient points uphill
-@pytest.mark.parametrize(("reward", "steps"), [("{name: tiny-image, weight: 1.0, frames: 6}", 6),
-                                               ("{name: tiny-video, weight: 10.0}", 8)])
-def test_a_few_steps_on_the_shipped_teacher_raise_each_reward(tmp_path, reward, steps):
+@pytest.mark.parametrize(("name", "options", "steps"), [("tiny-image", "weight: 1.0, frames: 6", 6),
+                                                       ("tiny-video", "weight: 10.0", 8)])
+def test_a_few_steps_on_the_shipped_teacher_raise_each_reward(tmp_path, name, options, steps):
     """Each reward's gradient, with the consistency loss, raises that reward. (Both at once need not both rise on
     one batch: near the data's scores the two trade off.)"""
     recipe = load_recipe(REPO / "recipes" / "tiny.yaml",
                          ["train.learning_rate=3e-3", "train.batch_size=2", "sample.prompts=[]", "lora.rank=4",
-                          f"rewards=[{reward}]"])
+                          f"rewards=[{{name: {name}, {options}}}]"])
     d = Distiller(recipe, tmp_path / "run", progress=False, log=lambda m: None)
     d.setup()
     assert d.parts.name == "tiny" and d.parts.vae_scale != 1.0  # the shipped, trained teacher
     pixels, captions = d.stream.next_batch()
-    key = "reward/" + reward.split(",")[0].split(":")[1].strip()
+    key = f"reward/{name}"
 
     def score():
         d.step = 0  # same noise, timestep and w draw every time: only the weights change
