@@ -48,3 +48,14 @@ def small_distill_overrides(data: Path, steps: int = 3, **extra) -> list[str]:
     }
     ov.update(extra)
     return [f"{k}={v}" for k, v in ov.items()]
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (the scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

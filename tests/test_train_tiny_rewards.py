@@ -1,20 +1,15 @@
 """The reward training script's targets: blended-shape clips and blur doubt (README, the tiny world: Rewards)."""
 
-import importlib.util
-
 import pytest
 import torch
-from conftest import REPO
+from helpers import load_script
 
 from t2vturbo.tiny.teacher import SHAPES
 from t2vturbo.tiny.world import all_captions, parse_caption, random_clips
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_tiny_rewards", REPO / "scripts" / "train_tiny_rewards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_tiny_rewards")
 
 
 def test_shape_mixtures_blend_two_renders_and_split_the_shape_target():

@@ -1,20 +1,15 @@
 """The teacher training script's frame-code initialisation (an option tried for motion; README, tiny world)."""
 
-import importlib.util
-
 import pytest
 import torch
-from conftest import REPO
 from diffusers import UNet3DConditionModel
+from helpers import load_script
 
 from t2vturbo.tiny import teacher as tiny
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_tiny_teacher", REPO / "scripts" / "train_tiny_teacher.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_tiny_teacher")
 
 
 def test_frame_code_is_a_distinct_input_free_code_per_frame():
