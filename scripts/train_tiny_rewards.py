@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from t2vturbo.rewards.tiny import REWARD_DIR, TinyReward, save_tiny_reward
 from t2vturbo.tiny.teacher import COLOURS, DIRECTIONS, SHAPES
-from t2vturbo.tiny.world import all_captions, parse_caption, random_clips
+from t2vturbo.tiny.world import all_captions, parse_caption, random_clips, random_params, render, render_blend
 
 
 def log(msg: str) -> None:
@@ -79,23 +79,17 @@ def targets(kind: str, caps: list[str], world: list[str], shape_dist: torch.Tens
 
 
 def shape_mixtures(n: int, seed: int, mix: float, gen: torch.Generator) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """``n`` random clips of which a fraction ``mix`` show an alpha blend of two shapes (rendering is linear in the
-    object's coverage, so blending two renders of the same clip with another shape blends the coverages): the
+    """``n`` random clips of which a fraction ``mix`` show an alpha blend of two shapes (world.render_blend): the
     clips, their captions (of the larger share) and (n, 3) how much of each shape they show."""
-    from dataclasses import replace
-
-    from t2vturbo.tiny.world import random_params, render
-
     params = random_params(n, seed)
-    clips = render(params)
     dist = F.one_hot(params.shape, len(SHAPES)).float()
     blend = torch.rand(n, generator=gen) < mix
-    if mix > 0 and bool(blend.any()):
-        other = (params.shape + torch.randint(1, len(SHAPES), (n,), generator=gen)) % len(SHAPES)
-        m = 0.5 * torch.rand(n, generator=gen) * blend.float()  # the caption's shape keeps the larger share
-        clips = (1 - m)[:, None, None, None, None] * clips + m[:, None, None, None, None] * render(replace(params, shape=other))
-        dist = (1 - m)[:, None] * dist + m[:, None] * F.one_hot(other, len(SHAPES)).float()
-    return clips, params.captions(), dist
+    if not (mix > 0 and bool(blend.any())):
+        return render(params), params.captions(), dist
+    other = (params.shape + torch.randint(1, len(SHAPES), (n,), generator=gen)) % len(SHAPES)
+    m = 0.5 * torch.rand(n, generator=gen) * blend.float()  # the caption's shape keeps the larger share
+    dist = (1 - m)[:, None] * dist + m[:, None] * F.one_hot(other, len(SHAPES)).float()
+    return render_blend(params, other, m), params.captions(), dist
 
 
 def blur_doubt(dist: torch.Tensor, factors: list[int], doubt: float) -> torch.Tensor:
@@ -152,7 +146,8 @@ def train(kind: str, seed: int, steps: int, batch: int, lr: float, channels: lis
 def evaluate(model: TinyReward, seed: int, n: int) -> dict:
     """Held-out accuracies: top-1 over the world's captions, and pairwise wins over single-attribute swaps."""
     world = all_captions()
-    clips, caps = random_clips(n, seed=123_456_789 + seed)
+    params = random_params(n, seed=123_456_789 + seed)
+    clips, caps = render(params), params.captions()
     sim = model.similarity(clips, world)  # (n, 48)
     a = attribute_index(caps)
     w = attribute_index(world)
@@ -170,13 +165,7 @@ def evaluate(model: TinyReward, seed: int, n: int) -> dict:
         wins = (s_true > sim).float()
         out[f"beats_wrong_{name}"] = float((wins * swap).sum() / swap.sum())
     # strictness on shape: the same clips with a third of another shape blended in must score lower
-    from dataclasses import replace
-
-    from t2vturbo.tiny.world import random_params, render
-
-    params = random_params(n, seed=123_456_789 + seed)
-    other = render(replace(params, shape=(params.shape + 1 + torch.arange(n) % 2) % len(SHAPES)))
-    mixed = (2 * clips + other) / 3
+    mixed = render_blend(params, (params.shape + 1 + torch.arange(n) % 2) % len(SHAPES), 1 / 3)
     out["crisp_beats_mixed"] = float((model(clips, caps) > model(mixed, caps)).float().mean())
     return out
 

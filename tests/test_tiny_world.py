@@ -257,17 +257,14 @@ def test_image_reward_prefers_the_crisp_shape_to_a_blend_of_shapes(tiny_rewards)
     # --mix, caption -> frame loss): a third of another shape blended in must lower the true caption's score, or
     # the reward's gradient accepts the faint blob a generator draws when it averages its options. The reward
     # trained without them scored the blend higher in 33% of these clips.
-    from dataclasses import replace
-
-    from t2vturbo.tiny.world import random_params, render
+    from t2vturbo.tiny.world import random_params, render, render_blend
 
     image, _ = tiny_rewards
     params = random_params(64, seed=61)
-    crisp = render(params)
-    other = render(replace(params, shape=(params.shape + 1 + torch.arange(64) % 2) % len(tiny.SHAPES)))
+    blend = render_blend(params, (params.shape + 1 + torch.arange(64) % 2) % len(tiny.SHAPES), 1 / 3)
     caps = params.captions()
     with torch.no_grad():
-        wins = image(crisp, caps) > image((2 * crisp + other) / 3, caps)
+        wins = image(render(params), caps) > image(blend, caps)
     assert float(wins.float().mean()) >= 0.95
 
 
@@ -298,3 +295,17 @@ def test_written_tokenizer_makes_every_world_word_one_token(tmp_path):
     ids = tok("a green triangle moving down").input_ids
     assert len(ids) == 7 and len(set(ids)) == 7
     assert tok("a purple blob").input_ids[-1] == tok.eos_token_id  # unknown words still tokenize (as letters)
+
+
+def test_render_blend_runs_from_the_clip_to_the_other_shape():
+    from dataclasses import replace
+
+    from t2vturbo.tiny.world import random_params, render, render_blend
+
+    params = random_params(6, seed=71)
+    other = (params.shape + 1) % len(tiny.SHAPES)
+    torch.testing.assert_close(render_blend(params, other, 0.0), render(params))
+    torch.testing.assert_close(render_blend(params, other, 1.0), render(replace(params, shape=other)))
+    per_clip = render_blend(params, other, torch.tensor([0.0, 0.25, 0.5, 0.5, 0.25, 0.0]))
+    torch.testing.assert_close(per_clip[1], 0.75 * render(params)[1] + 0.25 * render(replace(params, shape=other))[1])
+    torch.testing.assert_close(per_clip[0], render(params)[0])

@@ -8,7 +8,7 @@ The object is anti-aliased (one-pixel soft edge) and stays fully inside the fram
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -126,6 +126,16 @@ def render(params: ClipParams) -> torch.Tensor:
     fg = colour[:, None, :, None, None]
     bg = params.background[:, None, :, None, None]
     return bg + alpha * (fg - bg)
+
+
+def render_blend(params: ClipParams, other_shape: torch.Tensor, share: torch.Tensor | float) -> torch.Tensor:
+    """Clips (B, 8, 3, 24, 24) whose object is an alpha blend: ``1 - share`` of its own shape and ``share`` (a
+    number or one per clip) of ``other_shape`` (B,), everything else the same. Rendering is linear in the object's
+    coverage, so this is the blend of the two coverages. The tiny-image reward trains and is tested on these."""
+    share = torch.as_tensor(share, dtype=torch.float32)
+    if share.ndim:
+        share = share[:, None, None, None, None]
+    return (1 - share) * render(params) + share * render(replace(params, shape=other_shape))
 
 
 def _alpha(params: ClipParams, steps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
