@@ -17,16 +17,18 @@ def export(
     student: Path = typer.Argument(..., help="Student: a `t2vturbo distill` folder, a peft LoRA, or an official "
                                              "T2V-Turbo unet_lora.pt."),
     format: str = typer.Option("diffusers", "--format", "-f",  # noqa: A002 - the option's name
-                               help="diffusers: a complete TextToVideoSDPipeline folder (LoRA merged, guidance "
-                                    "folded in); lora: the adapter alone (peft layout)."),
+                               help="diffusers: a complete stock pipeline folder (TextToVideoSDPipeline or "
+                                    "WanPipeline; LoRA merged, guidance folded in); lora: the adapter alone, in the "
+                                    "layout the family's pipeline loads."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write (written atomically)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Base model (tiny, diffusers folder or cached "
                                                                  "hub id); default: the student's base_model."),
-    guidance: float = typer.Option(7.5, "--guidance", "-g", help="diffusers: the guidance scale folded into the "
-                                                                 "UNet (run the pipeline with guidance_scale=1)."),
+    guidance: float | None = typer.Option(None, "--guidance", "-g", help="The guidance scale folded in (run the "
+                                          "pipeline with guidance_scale=1); default: the one `t2vturbo sample "
+                                          "--student` uses (the student's recorded default)."),
     dtype: str = typer.Option("float32", "--dtype", help="diffusers: weight dtype: float32, float16 or bfloat16."),
     fps: int | None = typer.Option(None, "--fps", help="diffusers, fps-conditioned models (VideoCrafter2): the "
-                                                       "frame rate folded in (default: the model's)."),
+                                                       "frame rate folded in (default: the one `t2vturbo sample --student` uses)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty --out folder."),
 ) -> None:
     """Export a student to run without t2vturbo: a stock diffusers pipeline or a peft LoRA adapter."""
@@ -39,21 +41,5 @@ def export(
     console.print(f"[green]wrote[/] {path} ({format}) in {time.perf_counter() - start:.1f} s", highlight=False)
     import json
 
-    wan = (path / "model_index.json").is_file() and "Wan" in (path / "model_index.json").read_text() \
-        or (path / "pytorch_lora_weights.safetensors").is_file()
-    if wan and format == "diffusers":
-        console.print(f"  run it with: torch.manual_seed(SEED); WanPipeline.from_pretrained({str(path)!r})(prompt, "
-                      "num_inference_steps=4, guidance_scale=1.0)  (its FlowMatchLCMScheduler re-noises from torch's "
-                      "global generator)", highlight=False)
-    elif wan:
-        shift = json.loads((path / "t2vturbo.json").read_text())["run_with"]["scheduler"].get("shift")
-        console.print(f"  load it with: pipe.load_lora_weights({str(path)!r}); pipe.scheduler = "
-                      f"FlowMatchLCMScheduler(shift={shift}); then num_inference_steps=4, guidance_scale=1.0",
-                      highlight=False)
-    elif format == "diffusers":
-        console.print(f"  run it with: TextToVideoSDPipeline.from_pretrained({str(path)!r})"
-                      "(prompt, num_inference_steps=4, guidance_scale=1.0)", highlight=False)
-    else:
-        console.print("  load it with `t2vturbo sample --student DIR`, or peft.PeftModel.from_pretrained(unet, DIR) "
-                      "on UNet3DConditionModel.from_pretrained(BASE, subfolder='unet', time_cond_proj_dim=256, "
-                      "low_cpu_mem_usage=False)", highlight=False)
+    info = json.loads((path / "t2vturbo.json").read_text())
+    console.print("  " + info["how_to_run"].replace("DIR", repr(str(path))), highlight=False)

@@ -5,20 +5,17 @@ write the videos."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .defaults import FALLBACK_STUDENT_STEPS, sampling_defaults
 from .errors import ConfigError
 from .names import resolve_dtype, vbench_name
-from .sampling import FALLBACK_STUDENT_STEPS, has_guidance_projection, sample_video, sampling_defaults
+from .sampling import sample_video
+from .student import guidance_projection
 from .teachers import load_teacher
 
 OUTPUT_FORMATS = ("mp4", "gif", "webm", "png")
-#: T2V-Turbo-v2's demo defaults for a motion-guided student (lcm_origin_steps 200 is the origin default for any v2)
-V2_MOTION_GUIDANCE = 0.05
-V2_MOTION_PERCENTAGE = 0.3
-
-
 @dataclass
 class Planned:
     """One video to write: its prompt, path and seed."""
@@ -141,53 +138,53 @@ def generate_videos(
         from .formats import base_model_of
 
         model = base_model_of(student_meta) or "tiny"
-    parts = load_teacher(model, device=device, dtype=dt)
+    model_ = load_teacher(model, device=device, dtype=dt)
+    implied: dict = {}
     if student is not None:
         from .formats import load_merged_student
 
-        load_merged_student(student, parts)
-        parts.to(device=device, dtype=dt)  # moves (and casts) only what differs: no diffusers float32 notice
-    mode = "teacher" if teacher or student is None and not has_guidance_projection(parts.unet) else "student"
+        implied = load_merged_student(student, model_)
+        model_.to(device=device, dtype=dt)  # moves (and casts) only what differs: no diffusers float32 notice
+    mode = "teacher" if teacher or student is None and guidance_projection(model_) is None else "student"
     timesteps = None
     if not teacher and student is None:
-        from .export import pipeline_timesteps
+        from .export import exported_timesteps
 
-        # An exported student (guidance folded in, LCMScheduler config): sample it as diffusers would.
-        timesteps = pipeline_timesteps(model, steps or FALLBACK_STUDENT_STEPS)
+        # An exported student (guidance folded in, a consistency scheduler): sample it as its pipeline would.
+        timesteps = exported_timesteps(model, model_, steps or int(model_.stored_defaults.get("steps")
+                                                                   or FALLBACK_STUDENT_STEPS))
         if timesteps is not None:
             mode = "student"
             notice(f"{model} is an exported student: guidance is folded in at export; --guidance is ignored")
-    defaults = sampling_defaults(parts, student_meta, mode)
-    steps = defaults["steps"] if steps is None else steps
-    guidance = defaults["guidance"] if guidance is None else guidance
-    frames = defaults["frames"] if frames is None else frames
-    height = defaults["height"] if height is None else height
-    width = defaults["width"] if width is None else width
-    fps = defaults["fps"] if fps is None else fps
+    defaults = sampling_defaults(model_, student_meta, mode, implied)
+    steps = defaults.steps if steps is None else steps
+    guidance = defaults.guidance if guidance is None else guidance
+    frames = defaults.frames if frames is None else frames
+    height = defaults.height if height is None else height
+    width = defaults.width if width is None else width
+    fps = defaults.fps if fps is None else fps
     seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != len(prompts):
         raise ConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    v2 = "v2_motion" in parts.extra  # a released T2V-Turbo-v2 UNet: its demo's defaults
-    origin = int(origin_steps or (student_meta.get("schedule") or {}).get("origin_steps") or (200 if v2 else 50))
-    check_steps(parts, mode, steps, origin)
-    trained_motion = student_meta.get("motion") or {}  # our v2-style student (distill.motion): its own settings
-    if motion_guidance is None and parts.extra.get("v2_motion") and mode == "student":
-        motion_guidance = float(trained_motion.get("scale", V2_MOTION_GUIDANCE))
-    if motion_guidance is not None and not parts.extra.get("v2_motion"):
-        raise ConfigError("--motion-guidance needs a T2V-Turbo-v2 motion-guided student (unet_mg.pt, or ours "
-                          "distilled with distill.motion.scale > 0)")
-    if motion_percentage is None:
-        motion_percentage = float(trained_motion.get("percentage", V2_MOTION_PERCENTAGE))
-    if not 0.0 <= motion_percentage <= 1.0:
-        raise ConfigError(f"--motion-percentage must be in [0, 1] (got {motion_percentage})")
+    origin = int(origin_steps or defaults.origin_steps)
+    check_steps(model_, mode, steps, origin)
+    motion = defaults.motion
+    if motion_guidance is not None:
+        if motion is None:
+            raise ConfigError("--motion-guidance needs a T2V-Turbo-v2 motion-guided student (unet_mg.pt, or ours "
+                              "distilled with distill.motion.scale > 0)")
+        motion = replace(motion, scale=float(motion_guidance))
+    if motion_percentage is not None:
+        if not 0.0 <= motion_percentage <= 1.0:
+            raise ConfigError(f"--motion-percentage must be in [0, 1] (got {motion_percentage})")
+        motion = replace(motion, percentage=float(motion_percentage)) if motion is not None else None
     written: list[Written] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts)[start : start + batch_size]
-        result = sample_video(parts, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
+        result = sample_video(model_, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
                               width=width, seed=seeds[start : start + len(chunk)],
-                              fps=fps if parts.default_fps is not None else None,
-                              decode_chunk=decode_chunk, timesteps=timesteps, origin_steps=origin,
-                              motion_guidance=motion_guidance, motion_percentage=motion_percentage)
+                              fps=fps if model_.supports_fps else None,
+                              decode_chunk=decode_chunk, timesteps=timesteps, origin_steps=origin, motion=motion)
         per_video = result.seconds["total"] / len(chunk)
         for i, video in enumerate(result.videos):
             path = write_video(video, paths[start + i], fps=fps)

@@ -20,7 +20,9 @@ from .consistency import (
     lcm_guidance,
 )
 from .errors import ConfigError
-from .teachers import TeacherParts
+from .motion import MotionGuidance, motion_schedule, sampling_motion_embeddings
+from .student import guidance_projection
+from .teachers import Teacher
 
 
 @dataclass
@@ -31,17 +33,6 @@ class SampleOutput:
     timesteps: list[int]
     unet_calls: int
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def latent_shape(parts: TeacherParts, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """(C, F, h, w) of a clip's latents; a teacher with its own rule (Wan: causal time compression) says so."""
-    if hasattr(parts, "latent_shape"):
-        return parts.latent_shape(frames, height, width)
-    factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
-    if height % factor or width % factor:
-        raise ConfigError(f"--height and --width must be multiples of {factor} for this model's VAE "
-                          f"(got {height}x{width}); pick e.g. {height // factor * factor or factor}x{width // factor * factor or factor}")
-    return (parts.unet.config.in_channels, frames, height // factor, width // factor)
 
 
 def make_generators(n: int, seed: int | Sequence[int] | None) -> list[torch.Generator]:
@@ -81,19 +72,6 @@ def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], count:
     return [torch.cat([pv[k] for pv in per_video]).contiguous() for k in range(count)]
 
 
-def guidance_projection(network) -> torch.nn.Module | None:
-    """A student's guidance projection: ``time_embedding.cond_proj`` of a UNet, or
-    ``condition_embedder.time_embedder.cond_proj`` of a Wan transformer; None on a plain teacher."""
-    from .student import time_embedding_of
-
-    return getattr(time_embedding_of(network), "cond_proj", None)
-
-
-def has_guidance_projection(network) -> bool:
-    """Whether ``network`` carries a student's guidance projection."""
-    return guidance_projection(network) is not None
-
-
 Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -109,36 +87,30 @@ class CountingDenoiser:
         return self.fn(x, torch.full((self.n,), t, device=x.device, dtype=dtype))
 
 
-def student_denoiser(parts: TeacherParts, cond: torch.Tensor, guidance: float,
-                     fps: torch.Tensor | None, motion: tuple[float, float] | None = None) -> CountingDenoiser:
+def student_denoiser(teacher: Teacher, cond: torch.Tensor, guidance: float, fps: torch.Tensor | None,
+                     motion: MotionGuidance | None = None) -> CountingDenoiser:
     """The student's f(x, t): guidance enters through its guidance embedding (one forward, no CFG batch).
 
-    ``motion`` = (motion guidance scale, percentage) for a T2V-Turbo-v2 motion-guided UNet: steps with
-    t >= T (1 - percentage) get the embedding of the scale, the others the embedding of 0 (the v2 pipeline)."""
+    ``motion``: a T2V-Turbo-v2 motion-guided student's motion condition (:mod:`t2vturbo.motion`)."""
     n = cond.shape[0]
     w_emb = None
-    proj = guidance_projection(parts.unet)
+    proj = guidance_projection(teacher)
     if proj is not None:
-        w = torch.full((n,), float(guidance))
-        w_emb = guidance_embedding(w, proj.in_features).to(parts.device, parts.dtype)
+        w_emb = guidance_embedding(torch.full((n,), float(guidance)), proj.in_features).to(teacher.device,
+                                                                                           teacher.dtype)
     if motion is None:
-        return CountingDenoiser(lambda x, t: parts.denoise(x, t, cond, guidance_cond=w_emb, fps=fps), n)
-    from .teachers.motion import motion_schedule
-
-    scale, percentage = motion
-    dim = proj.in_features
-    on = guidance_embedding(torch.full((n,), float(scale)), dim).to(parts.device, parts.dtype)
-    off = guidance_embedding(torch.zeros(n), dim).to(parts.device, parts.dtype)
-    total = parts.schedule.num_train_timesteps
+        return CountingDenoiser(lambda x, t: teacher.denoise(x, t, cond, guidance_cond=w_emb, fps=fps), n)
+    on, off = sampling_motion_embeddings(motion, n, proj.in_features, teacher.device, teacher.dtype)
+    total = teacher.schedule.num_train_timesteps
 
     def fn(x, t):
-        m_emb = on if motion_schedule([int(t[0])], percentage, total)[0] else off
-        return parts.denoise(x, t, cond, guidance_cond=w_emb, fps=fps, motion_cond=m_emb)
+        m_emb = on if motion_schedule([int(t[0])], motion.percentage, total)[0] else off
+        return teacher.denoise(x, t, cond, guidance_cond=w_emb, fps=fps, motion_cond=m_emb)
 
     return CountingDenoiser(fn, n)
 
 
-def guided_denoiser(parts: TeacherParts, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
+def guided_denoiser(teacher: Teacher, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
                     fps: torch.Tensor | None) -> CountingDenoiser:
     """The teacher with classifier-free guidance: cond and uncond in one batched forward, CFG on (x0, eps)."""
     both = torch.cat([cond, uncond])
@@ -146,7 +118,7 @@ def guided_denoiser(parts: TeacherParts, cond: torch.Tensor, uncond: torch.Tenso
     w = torch.tensor(guidance - 1.0)
 
     def fn(x, t):
-        x0_cu, eps_cu = parts.denoise(torch.cat([x, x]), torch.cat([t, t]), both, fps=fps2)
+        x0_cu, eps_cu = teacher.denoise(torch.cat([x, x]), torch.cat([t, t]), both, fps=fps2)
         return lcm_guidance(*x0_cu.chunk(2), w), lcm_guidance(*eps_cu.chunk(2), w)
 
     return CountingDenoiser(fn, cond.shape[0])
@@ -192,8 +164,7 @@ def ddim_cfg_sample(
     ``model(x, t) -> (x0, eps)`` already applies CFG. Each step lands where the schedule's ``ddim_targets`` says
     (diffusers' rule), else on the next timestep."""
     x = latents
-    targets = (schedule.ddim_targets(list(timesteps)) if hasattr(schedule, "ddim_targets")
-               else [*timesteps[1:], None])
+    targets = schedule.ddim_targets(list(timesteps))
     for i, t in enumerate(timesteps):
         x0, eps = model(x, t)
         x = schedule.step(x0, eps, targets[i])
@@ -204,7 +175,7 @@ def ddim_cfg_sample(
 
 @torch.no_grad()
 def sample_video(
-    parts: TeacherParts,
+    teacher: Teacher,
     prompts: Sequence[str],
     *,
     steps: int = 4,
@@ -221,13 +192,12 @@ def sample_video(
     decode: bool = True,
     decode_chunk: int = 0,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
-    motion_guidance: float | None = None,
-    motion_percentage: float = 0.3,
+    motion: MotionGuidance | None = None,
 ) -> SampleOutput:
     """Generate videos for ``prompts``.
 
     Args:
-        parts: teacher parts; for ``mode="student"`` the UNet carries a student adapter (or a merged student).
+        teacher: the model; for ``mode="student"`` its network carries a student adapter (or a merged student).
         steps: UNet evaluations (student: consistency steps; teacher: DDIM steps with one batched CFG call each).
         guidance: student: w fed through the guidance embedding (no CFG batch); teacher: CFG scale.
         mode: ``"student"`` (multistep consistency) or ``"teacher"`` (DDIM + classifier-free guidance).
@@ -235,71 +205,44 @@ def sample_video(
         fps: frame rate for fps-conditioned models (VideoCrafter2); default the model's.
         timesteps: explicit timesteps (decreasing), overriding the ones derived from ``steps``.
         decode_chunk: VAE-decode at most this many frames at once (0 = all) to cap memory.
-        motion_guidance: T2V-Turbo-v2 motion-guided students: the motion guidance scale (None: no motion input),
-            given on the first ``motion_percentage`` of the timestep range.
+        motion: T2V-Turbo-v2 motion-guided students: the motion condition (None: no motion input).
     """
     if mode not in ("student", "teacher"):
         raise ConfigError(f"mode must be 'student' or 'teacher', got {mode!r}")
-    device = parts.device
-    dtype = parts.dtype
+    device = teacher.device
+    dtype = teacher.dtype
     n = len(prompts)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    shape = latent_shape(parts, frames, height, width)
+    shape = teacher.latent_shape(frames, height, width)
     if timesteps is None:
-        timesteps = (parts.schedule.consistency_timesteps(steps, origin_steps=origin_steps) if mode == "student"
-                     else parts.schedule.ddim_timesteps(steps))
+        timesteps = (teacher.schedule.consistency_timesteps(steps, origin_steps=origin_steps) if mode == "student"
+                     else teacher.schedule.ddim_timesteps(steps))
     timesteps = [t if isinstance(t, float) else int(t) for t in timesteps]
     generators = make_generators(n, seed)
     noises = draw_noise(generators, shape, len(timesteps) if mode == "student" else 1,
-                        frame_major=getattr(parts, "renoise_frame_major", True))
+                        frame_major=teacher.noise_frame_major)
     noises = [z.to(device=device, dtype=dtype) for z in noises]
-    fps_value = fps if fps is not None else parts.default_fps
+    fps_value = fps if fps is not None else teacher.default_fps
     fps_t = torch.full((n,), fps_value, device=device, dtype=torch.long) if fps_value is not None else None
 
-    cond = parts.encode_text(list(prompts))
+    cond = teacher.encode_text(list(prompts))
     seconds["text"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     if mode == "student":
-        motion = None if motion_guidance is None else (float(motion_guidance), float(motion_percentage))
-        model = student_denoiser(parts, cond, guidance, fps_t, motion)
-        latents = consistency_sample(model, noises[0], timesteps, parts.schedule, noises[1:], callback)
+        model = student_denoiser(teacher, cond, guidance, fps_t, motion)
+        latents = consistency_sample(model, noises[0], timesteps, teacher.schedule, noises[1:], callback)
     else:
-        model = guided_denoiser(parts, cond, parts.encode_text([negative_prompt] * n), guidance, fps_t)
-        latents = ddim_cfg_sample(model, noises[0], timesteps, parts.schedule, callback)
+        model = guided_denoiser(teacher, cond, teacher.encode_text([negative_prompt] * n), guidance, fps_t)
+        latents = ddim_cfg_sample(model, noises[0], timesteps, teacher.schedule, callback)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds["unet"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if decode:
-        videos = parts.decode_video(latents, chunk=decode_chunk).clamp(0, 1).float().cpu()
+        videos = teacher.decode_video(latents, chunk=decode_chunk).clamp(0, 1).float().cpu()
     else:
         videos = latents.float().cpu()
     seconds["decode"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     return SampleOutput(videos=videos, timesteps=timesteps, unet_calls=model.calls, seconds=seconds)
-
-
-#: what ``sample`` falls back to when neither the student nor the model records a value
-FALLBACK_GUIDANCE = 7.5
-FALLBACK_STUDENT_STEPS, FALLBACK_TEACHER_STEPS = 4, 50
-
-
-def sampling_defaults(parts: TeacherParts, student_meta: dict | None, mode: str) -> dict:
-    """Frames / height / width / fps / guidance / steps to sample with when the user gives none.
-
-    Order: the student's recorded recipe (``student.json``: ``video``, ``default_guidance``, ``default_steps``),
-    else the model's own (:meth:`TeacherParts.native_video`, its stored guidance), else the fallbacks above.
-    """
-    meta = student_meta or {}
-    out: dict = dict(parts.native_video())
-    recorded = meta.get("video") or {}
-    for key in ("frames", "height", "width", "fps"):
-        if recorded.get(key):
-            out[key] = int(recorded[key])
-    teacher = mode == "teacher"
-    out["guidance"] = float((None if teacher else meta.get("default_guidance"))
-                            or parts.stored_defaults.get("guidance") or FALLBACK_GUIDANCE)
-    out["steps"] = int((None if teacher else meta.get("default_steps"))
-                       or (FALLBACK_TEACHER_STEPS if teacher else FALLBACK_STUDENT_STEPS))
-    return out

@@ -311,6 +311,10 @@ class FlowSchedule:
         return [float(s) * self.num_train_timesteps for s in flow_sigmas(num_steps, self.shift,
                                                                             self.num_train_timesteps)[:-1]]
 
+    def ddim_targets(self, timesteps: list[float]) -> list[float | None]:
+        """Where each Euler step over ``timesteps`` lands: the next timestep, then sigma 0."""
+        return [*timesteps[1:], None]
+
     def ddim_timesteps(self, num_steps: int) -> list[float]:
         return self.timesteps(num_steps)
 

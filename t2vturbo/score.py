@@ -21,7 +21,7 @@ import torch
 
 from .errors import ConfigError, VideoReadError
 from .inputs import Failure, find_videos, read_prompts_file, resolve_prompts
-from .rewards import strided_frame_indices
+from .rewards import reward_frame_indices
 from .safeio import atomic_path, save_json
 from .video import VIDEO_SUFFIXES, read_video_frames
 
@@ -99,17 +99,6 @@ def _fmt(value: float | None) -> str:
 
 # ----------------------------------------------------------------------------------------------------------
 # Scoring
-
-
-def _frame_selection(total: int, model: torch.nn.Module, max_frames: int | None) -> list[int]:
-    """The frame indices a reward scores out of a video of ``total`` frames: a video reward its own count
-    (strided, repeated for short clips), an image reward every frame or ``max_frames`` strided ones."""
-    need = getattr(model, "num_frames", None) if getattr(model, "kind", "image") == "video" else None
-    if need:
-        return strided_frame_indices(total, need, repeat=True)
-    if max_frames and total > max_frames:
-        return strided_frame_indices(total, max_frames)
-    return list(range(total))
 
 
 def score_videos(
@@ -193,7 +182,7 @@ def score_videos(
                                              **reward_options.get(item, {}))))
 
     def pick(count: int) -> list[int]:  # every frame any reward scores
-        return sorted({j for _, m in models for j in _frame_selection(count, m, max_frames)})
+        return sorted({j for _, m in models for j in reward_frame_indices(count, m, max_frames)})
 
     buckets: dict[tuple[int, tuple[int, ...]], list[tuple[Path, torch.Tensor]]] = {}
 
@@ -219,7 +208,7 @@ def score_videos(
         entries[video].frames = count
         pos = {j: k for k, j in enumerate(indices)}
         for i, (_, model) in enumerate(models):
-            chosen = frames[[pos[j] for j in _frame_selection(count, model, max_frames)]]
+            chosen = frames[[pos[j] for j in reward_frame_indices(count, model, max_frames)]]
             key = (i, tuple(chosen.shape))
             buckets.setdefault(key, []).append((video, chosen))
             if len(buckets[key]) >= batch_size:

@@ -2,7 +2,7 @@
 
 ``convert_vc2_checkpoint(model.ckpt)`` reads the checkpoint safely (weights only), maps every key by name
 (lvdm -> diffusers / transformers), checks every key is used and every shape is right, and returns
-:class:`~t2vturbo.teachers.TeacherParts`; :func:`save_converted` writes the folder that
+:class:`~t2vturbo.teachers.UNet3DTeacher`; :func:`save_converted` writes the folder that
 :func:`t2vturbo.teachers.load_teacher` loads (docs/formats.md §1-2).
 """
 
@@ -17,7 +17,7 @@ from ..errors import CheckpointError
 from ..safeio import atomic_path, load_torch_file
 from ..schedules import DDIM_SCHEDULER_CONFIG, VPSchedule, scaled_linear_alphas_cumprod
 from ..teachers.fps import DEFAULT_FPS, save_fps_embedding
-from ..teachers.parts import TeacherParts
+from ..teachers.unet3d import UNet3DTeacher
 from .ldm_vae import build_vae
 from .lvdm_unet import build_vc2_unet
 from .open_clip_text import build_clip_tokenizer, build_text_encoder
@@ -35,8 +35,8 @@ def _split_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
 
 
 def convert_vc2_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
-                      default_fps: int = DEFAULT_FPS, text_heads: int | None = None) -> TeacherParts:
-    """Convert a VideoCrafter2 ``state_dict`` (UNet, VAE, text tower, schedule buffers) to TeacherParts."""
+                      default_fps: int = DEFAULT_FPS, text_heads: int | None = None) -> UNet3DTeacher:
+    """Convert a VideoCrafter2 ``state_dict`` (UNet, VAE, text tower, schedule buffers) to UNet3DTeacher."""
     known = (UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)
     extra = [k for k in state if not k.startswith(known) and "." in k]
     if extra:
@@ -51,9 +51,9 @@ def convert_vc2_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch
         alphas_cumprod = scaled_linear_alphas_cumprod()
     for m in (unet, vae, text_encoder):
         m.eval().requires_grad_(False)
-    return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        schedule=VPSchedule(alphas_cumprod), name="videocrafter2", vae_scale=0.18215,
-                        default_fps=default_fps if hasattr(unet, "fps_embedding") else None)
+    return UNet3DTeacher(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                         schedule=VPSchedule(alphas_cumprod), name="videocrafter2", vae_scale=0.18215,
+                         default_fps=default_fps if hasattr(unet, "fps_embedding") else None)
 
 
 def read_vc2_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -66,8 +66,8 @@ def read_vc2_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def convert_vc2_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32, default_fps: int = DEFAULT_FPS,
-                           text_heads: int | None = None) -> TeacherParts:
-    """Read the original VideoCrafter2 ``model.ckpt`` and convert it to TeacherParts (checked key by key).
+                           text_heads: int | None = None) -> UNet3DTeacher:
+    """Read the original VideoCrafter2 ``model.ckpt`` and convert it to UNet3DTeacher (checked key by key).
 
     Args:
         path: the original ``model.ckpt`` (``{"state_dict": ...}``, docs/formats.md §2).
@@ -78,7 +78,7 @@ def convert_vc2_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     return convert_vc2_state(read_vc2_state(path), dtype, default_fps, text_heads)
 
 
-def save_converted(parts: TeacherParts, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_converted(parts: UNet3DTeacher, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Atomically write a diffusers-layout folder (unet/ + fps embedding, vae/, text_encoder/, tokenizer/,
     scheduler/) that :func:`t2vturbo.teachers.load_teacher` loads.
 

@@ -3,7 +3,7 @@
 A reward is any ``torch.nn.Module`` subclass of :class:`RewardModel`: it takes frames as a float tensor in
 [0, 1] of shape (B, T, 3, H, W) and a list of B prompts, and returns one differentiable score per video.
 Image rewards (``kind == "image"``) average over frames; video rewards (``kind == "video"``) see the clip
-(``num_frames`` evenly strided frames, chosen by the caller with :func:`strided_frame_indices`).
+(``num_frames`` evenly strided frames, chosen by :func:`reward_frame_indices`).
 
 Register your own with :func:`register_reward`, or pass ``module.path:factory`` as the name.
 """
@@ -187,3 +187,23 @@ def strided_frame_indices(total: int, n: int | None, repeat: bool = False) -> li
     if n is None or (total <= n and not repeat):
         return list(range(total))
     return [int(i * total / n) for i in range(n)]
+
+
+#: image rewards score this many random frames of a training clip when the recipe gives none (the paper's M)
+IMAGE_REWARD_FRAMES = 6
+
+
+def reward_frame_indices(total: int, model: nn.Module, count: int | None = None,
+                         generator: torch.Generator | None = None) -> list[int]:
+    """The frames a reward scores out of a clip of ``total`` frames: one rule for training and scoring.
+
+    A video reward: ``count`` (else the model's own ``num_frames``, else all) evenly strided frames, repeated for a
+    clip shorter than that. An image reward: with a ``generator`` (training) ``count`` (default
+    :data:`IMAGE_REWARD_FRAMES`) random frames; without one (scoring) every frame, or ``count`` strided ones.
+    """
+    if getattr(model, "kind", "image") == "video":
+        return strided_frame_indices(total, count or getattr(model, "num_frames", None) or total, repeat=True)
+    if generator is not None:
+        m = min(count or IMAGE_REWARD_FRAMES, total)
+        return sorted(torch.randperm(total, generator=generator)[:m].tolist())
+    return strided_frame_indices(total, count) if count and total > count else list(range(total))

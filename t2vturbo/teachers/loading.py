@@ -1,38 +1,78 @@
-"""``load_teacher(spec)``: the embedded ``tiny`` / ``tiny-wan`` teachers, a diffusers-layout folder, or a hub id in
-the cache. The family comes from the spec or the folder (model_index.json: a ``Wan*Pipeline`` is Wan, else
-UNet3D)."""
+"""``load_teacher(spec)``: a registry of model families, each a test on the spec (a name, a folder, a hub id) and a
+loader. The built-in ones: the embedded ``tiny`` (UNet3D) and ``tiny-wan``, a Wan folder or ``Wan-AI/...`` hub id,
+and any other diffusers-layout folder or hub id as UNet3D. A new family registers itself with
+:func:`register_family` and is then loaded, distilled, sampled and exported by the core unchanged."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from .parts import TeacherParts
-from .unet3d import load_diffusers_teacher
+from .base import Teacher
 
 
-def load_teacher(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TeacherParts:
-    """Load a teacher from ``tiny`` / ``tiny-wan`` (built in), a diffusers-layout folder, or a hub id in the local
-    cache (``Wan-AI/...`` ids are Wan).
+@dataclass(frozen=True)
+class Family:
+    """A model family: its Teacher class, which specs it takes, and how to load one."""
+
+    name: str
+    teacher_class: type[Teacher]
+    matches: Callable[[str], bool]
+    load: Callable[[str], Teacher]
+
+
+_FAMILIES: list[Family] = []
+
+
+def register_family(family: Family) -> Family:
+    """Put ``family`` first in line: the first family whose ``matches(spec)`` is true loads a spec."""
+    if not _FAMILIES:
+        _register_builtin()
+    _FAMILIES.insert(0, family)
+    return family
+
+
+def unregister_family(name: str) -> None:
+    _FAMILIES[:] = [f for f in _FAMILIES if f.name != name]
+
+
+def family_of(spec: str) -> Family:
+    """The family a teacher spec names, decided without loading weights."""
+    if not _FAMILIES:
+        _register_builtin()
+    return next(f for f in _FAMILIES if f.matches(spec))
+
+
+def _register_builtin() -> None:
+    from .unet3d import UNet3DTeacher, load_diffusers_teacher
+    from .wan import WanTeacher, build_tiny_wan, is_wan_spec, load_wan_teacher
+
+    def load_tiny(spec: str) -> Teacher:
+        from ..tiny import load_tiny_teacher
+
+        return load_tiny_teacher()
+
+    # asked in this order; the catch-all UNet3D family last
+    _FAMILIES.extend([
+        Family("tiny", UNet3DTeacher, lambda spec: spec == "tiny", load_tiny),
+        Family("tiny-wan", WanTeacher, lambda spec: spec == "tiny-wan", lambda spec: build_tiny_wan()),
+        Family("wan", WanTeacher, is_wan_spec, load_wan_teacher),
+        Family("unet3d", UNet3DTeacher, lambda spec: True, load_diffusers_teacher),
+    ])
+
+
+def load_teacher(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Teacher:
+    """Load a teacher from ``tiny`` / ``tiny-wan`` (built in), a diffusers-layout folder, a hub id in the local
+    cache (``Wan-AI/...`` ids are Wan), or a spec a registered family takes; frozen and in eval mode.
 
     Raises:
         MissingWeightError: one line naming what to download and where to put it.
     """
-    from .wan import build_tiny_wan, is_wan_spec, load_wan_teacher
+    return family_of(spec).load(spec).freeze().to(device=device, dtype=dtype)
 
-    if spec == "tiny":
-        from ..tiny import load_tiny_teacher
 
-        parts = load_tiny_teacher()
-    elif spec == "tiny-wan":
-        parts = build_tiny_wan()
-    elif is_wan_spec(spec):
-        parts = load_wan_teacher(spec)
-    else:
-        parts = load_diffusers_teacher(spec)
-    parts.unet.requires_grad_(False)
-    parts.vae.requires_grad_(False)
-    parts.text_encoder.requires_grad_(False)
-    parts.unet.eval()
-    parts.vae.eval()
-    parts.text_encoder.eval()
-    return parts.to(device=device, dtype=dtype)
+def describe_family(spec: str) -> dict[str, str]:
+    """What the dry run says of a family: its default LoRA targets and its solver (``{n}``: the grid size)."""
+    return dict(family_of(spec).teacher_class.plan)

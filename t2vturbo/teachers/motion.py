@@ -1,4 +1,5 @@
-"""T2V-Turbo-v2's motion guidance on a VideoCrafter2 UNet: an explicit per-call input, like the fps.
+"""T2V-Turbo-v2's motion guidance on a VideoCrafter2 UNet (the UNet3D family's side of :mod:`t2vturbo.motion`): an
+explicit per-call input, like the fps, and where the UNet's temporal attention is.
 
 The released v2 students (``unet_mg.pt``) add two bias-free projections to the lvdm UNet: ``motion_cond_proj``
 (256 -> C0) of the motion-guidance embedding and ``combine_proj`` (2 C0 -> C0). With a motion condition the time
@@ -87,13 +88,6 @@ class motion_input(OneCallHook):  # noqa: N801 - used as a context manager, like
                 else None)
 
 
-def motion_schedule(timesteps: list[int], percentage: float = 0.3, num_train_timesteps: int = 1000) -> list[bool]:
-    """Which sampling steps get the motion guidance: those with t >= T (1 - percentage) (the v2 pipeline; the
-    others get the embedding of 0, not no condition)."""
-    threshold = num_train_timesteps * (1 - percentage)
-    return [t >= threshold for t in timesteps]
-
-
 def add_motion_condition(unet: nn.Module) -> MotionCondition:
     """Give a student UNet fresh, trainable motion projections (distilling a v2-style student with
     ``distill.motion``). The init makes the motion input a no-op: ``motion_cond_proj`` is zero and ``combine_proj``
@@ -155,18 +149,3 @@ class record_temporal_attention:  # noqa: N801 - used as a context manager, like
             if own is not None:
                 layer.get_attention_scores = own
         return False
-
-
-def motion_prior_loss(probs: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
-    """MotionClone's temporal-attention energy as T2V-Turbo-v2 uses it: per layer the squared error between the
-    sample's and the reference video's attention probabilities, only where the reference attends most (its top-1
-    key frame for each query), then 100 x the mean over layers (the caller multiplies by ``loss_scale``)."""
-    if len(probs) != len(reference):
-        raise ValueError(f"{len(probs)} attention maps against {len(reference)} reference maps")
-    losses = []
-    for gen, ref in zip(probs, reference, strict=True):
-        ref = ref.detach()
-        mask = torch.zeros_like(ref, dtype=torch.bool).scatter_(-1, ref.argmax(dim=-1, keepdim=True), True)
-        dt = torch.promote_types(gen.dtype, torch.float32)  # half maps in float32; float64 stays float64
-        losses.append(torch.nn.functional.mse_loss(gen[mask].to(dt), ref[mask].to(dt)))
-    return torch.stack(losses).mul(100).mean()

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..schedules import FlowSchedule
-from .common import DEFAULTS_FILE, OneCallHook, load_folder, move_modules
+from .base import Teacher
+from .common import DEFAULTS_FILE, OneCallHook, load_folder
 
 WAN_HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 #: the model card's defaults (480p, 81 frames at 16 fps, guidance 5.0 in the form uncond + g (cond - uncond))
@@ -41,6 +42,10 @@ TINY_WAN_TEXT = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, rel
                      relative_attention_max_distance=16, dropout_rate=0.0, feed_forward_proj="gated-gelu")
 TINY_WAN_SHIFT = 3.0
 TINY_WAN_DEFAULTS = {"frames": 9, "height": 32, "width": 32, "fps": 16, "guidance": 5.0}
+#: the default LoRA targets of a Wan transformer: the attention and FFN linears of every block
+WAN_LORA_PATTERN = r"^blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|^blocks\.\d+\.ffn\.net\.(0\.proj|2)$"
+#: the file ``WanPipeline.load_lora_weights(folder)`` reads
+WAN_LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def clean_prompt(text: str) -> str:
@@ -50,8 +55,8 @@ def clean_prompt(text: str) -> str:
 
 
 @dataclass
-class WanTeacher:
-    """Everything a Wan teacher (and so its student) needs besides the LoRA adapter."""
+class WanTeacher(Teacher):
+    """A Wan2.1 teacher: the transformer, the causal video VAE, UMT5 (and, with an adapter, its student)."""
 
     transformer: nn.Module
     vae: nn.Module
@@ -63,24 +68,18 @@ class WanTeacher:
     stored_defaults: dict = field(default_factory=lambda: dict(WAN_DEFAULTS))
     #: Wan has no fps input
     default_fps: int | None = None
-    extra: dict = field(default_factory=dict)
-    family = "wan"
-    #: diffusers' Wan pipelines draw every noise tensor as (1, C, F, h, w) per video (UNet3D re-noising is
-    #: frame-major)
-    renoise_frame_major = False
+    #: diffusers' Wan pipelines draw every noise tensor as (1, C, F, h, w) per video
+    noise_frame_major = False
+    #: the VAE is causal in time: pixel frame j depends on latent frames 0 .. ceil(j / 4) and nothing after
+    causal_vae = True
+    #: Wan's time embedder is diffusers' TimestepEmbedding: its ``cond_proj`` takes the guidance embedding
+    guidance_module = "condition_embedder.time_embedder"
+    plan = {"lora_targets": "every block's attention and FFN linears",
+            "solver": "Euler on the flow velocity (docs/method.md §7), N={n} shifted sigmas"}
 
-    # the denoising network under the name the student code uses for it
     @property
-    def unet(self) -> nn.Module:
+    def network(self) -> nn.Module:
         return self.transformer
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
 
     @property
     def temporal_factor(self) -> int:
@@ -93,6 +92,21 @@ class WanTeacher:
     def native_video(self) -> dict[str, int]:
         d = {**WAN_DEFAULTS, **self.stored_defaults}
         return {k: int(d[k]) for k in ("frames", "height", "width", "fps")}
+
+    def lora_targets(self, wanted: str | list[str] = "all") -> list[str]:
+        """The attention and FFN linears of every block (``"all"``), or any Linear named in ``wanted``."""
+        from ..student import match_module_names
+
+        linears = [n for n, m in self.transformer.named_modules() if type(m) is nn.Linear
+                   and not n.endswith("cond_proj")]
+        if wanted == "all":
+            return [n for n in linears if re.match(WAN_LORA_PATTERN, n)]
+        return match_module_names(linears, wanted)
+
+    def enable_block_checkpointing(self) -> int:
+        """diffusers' transformers checkpoint their own blocks."""
+        self.transformer.enable_gradient_checkpointing()
+        return len(self.transformer.blocks)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(C, F', h, w) of a clip; WanPipeline's constraints are checked here with a one-line error."""
@@ -158,14 +172,73 @@ class WanTeacher:
             raise ConfigError("a Wan2.1 transformer has no motion condition (T2V-Turbo-v2 motion guidance is for "
                               "VideoCrafter2 / UNet3D students); leave out --motion-guidance")
         net = network if network is not None else self.transformer
-        with guidance_input(self.transformer, guidance_cond):
+        with guidance_input(self.guidance_embedder(), guidance_cond):
             v = net(hidden_states=x, timestep=torch.as_tensor(t, device=x.device), encoder_hidden_states=text,
                     return_dict=False)[0]
         return self.schedule.to_x0_eps(v, x, t)
 
-    def to(self, device=None, dtype=None) -> WanTeacher:
-        move_modules((self.transformer, self.vae, self.text_encoder), device, dtype)
-        return self
+    # ------------------------------------------------------------------ export
+    def write_pipeline(self, folder: Path, *, guidance: float, origin_steps: int, dtype: torch.dtype,
+                       fps: int | None, base_spec: str) -> dict:
+        """Merge + fold the student and save a stock ``WanPipeline`` with ``FlowMatchLCMScheduler``: run it with
+        ``num_inference_steps=4, guidance_scale=1.0``."""
+        from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+        from ..student import fold_guidance, merge_lora
+
+        merge_lora(self.transformer)
+        fold_guidance(self.guidance_embedder(), guidance)
+        scheduler = FlowMatchLCMScheduler.from_config(self.schedule.lcm_scheduler_config())
+        pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, transformer=self.transformer,
+                           vae=self.vae, scheduler=scheduler)
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(self.stored_defaults, indent=1))
+        return {"fps_folded": None, "how_to_run": (
+            "run it with: torch.manual_seed(SEED); WanPipeline.from_pretrained(DIR)(prompt, num_inference_steps=4, "
+            "guidance_scale=1.0)  (its FlowMatchLCMScheduler re-noises from torch's global generator)")}
+
+    def write_adapter(self, folder: Path, *, guidance: float, base_spec: str, meta: dict) -> dict:
+        """The student's adapter in the layout ``WanPipeline.load_lora_weights(folder)`` reads: diffusers' peft keys
+        ``transformer.{module}.lora_A.weight`` / ``lora_B.weight`` (scalings folded into B, so alpha = rank), and the
+        guidance folded for a fixed w as the bias of a rank-1 LoRA on ``condition_embedder.time_embedder.linear_1``
+        (A and B zero, ``lora_B.bias`` = W1 cond_proj(embed(w))): a stock transformer has no guidance projection.
+        Every module carries an explicit ``lora_B.bias`` (zero elsewhere): diffusers then turns on peft's lora_bias."""
+        from safetensors.torch import save_file
+
+        from ..consistency import guidance_embedding
+        from ..student import ADAPTER, guidance_projection, lora_layers
+
+        state: dict[str, torch.Tensor] = {}
+        for name, layer in lora_layers(self.transformer):
+            a = layer.lora_A[ADAPTER].weight
+            b = layer.lora_B[ADAPTER].weight * layer.scaling[ADAPTER]
+            state[f"transformer.{name}.lora_A.weight"] = a
+            state[f"transformer.{name}.lora_B.weight"] = b
+            state[f"transformer.{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype, device=b.device)
+        if not state:
+            raise CheckpointError("this transformer has no LoRA adapter to export")
+        proj = guidance_projection(self)
+        if proj is None:
+            raise CheckpointError("this transformer has no guidance projection to fold into the LoRA file")
+        lin = self.guidance_embedder().linear_1
+        base = getattr(lin, "base_layer", lin)
+        with torch.no_grad():
+            emb = guidance_embedding(torch.tensor([float(guidance)]), proj.in_features, dtype=torch.float64)
+            shift = base.weight.double() @ (emb[0] @ proj.weight.double().T)
+        key = f"transformer.{self.guidance_module}.linear_1"
+        state[f"{key}.lora_A.weight"] = torch.zeros(1, base.in_features, dtype=base.weight.dtype)
+        state[f"{key}.lora_B.weight"] = torch.zeros(base.out_features, 1, dtype=base.weight.dtype)
+        state[f"{key}.lora_B.bias"] = shift.to(base.weight.dtype)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / WAN_LORA_FILE))
+        shift = self.schedule.lcm_scheduler_config().get("shift")
+        return {"guidance_folded": float(guidance), "run_with": {
+            "guidance_scale": 1.0, "scheduler": self.schedule.lcm_scheduler_config(),
+            "load": "pipe.load_lora_weights(DIR); pipe.scheduler = FlowMatchLCMScheduler(shift=...)"},
+            "how_to_run": (f"load it with: pipe.load_lora_weights(DIR); pipe.scheduler = FlowMatchLCMScheduler("
+                           f"shift={shift}); then num_inference_steps=4, guidance_scale=1.0")}
 
 
 # ---------------------------------------------------------------------------------------------- guidance input
@@ -177,10 +250,8 @@ class guidance_input(OneCallHook):  # noqa: N801 - used as a context manager, li
     guidance embedding enters a UNet. The hook lives for one call and is removed on exit.
     """
 
-    def __init__(self, transformer: nn.Module, w_emb: torch.Tensor | None):
-        from ..student import time_embedding_of
-
-        self.embedder = time_embedding_of(transformer)
+    def __init__(self, embedder: nn.Module, w_emb: torch.Tensor | None):
+        self.embedder = embedder
         self.w_emb = w_emb
         if w_emb is not None and getattr(self.embedder, "cond_proj", None) is None:
             raise ConfigError("a guidance embedding was given but this Wan transformer has no guidance projection "

@@ -117,7 +117,7 @@ def build_tiny_teacher(seed: int = 0):
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..teachers.parts import TeacherParts
+    from ..teachers.unet3d import UNet3DTeacher
 
     tokenizer = load_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -129,9 +129,9 @@ def build_tiny_teacher(seed: int = 0):
             eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG,
         )
         text_encoder = CLIPTextModel(text_cfg)
-    return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        schedule=VPSchedule.from_scheduler_config(SCHEDULER_CONFIG), name="tiny", vae_scale=1.0,
-                        stored_defaults=dict(STORED_DEFAULTS))
+    return UNet3DTeacher(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                         schedule=VPSchedule.from_scheduler_config(SCHEDULER_CONFIG), name="tiny", vae_scale=1.0,
+                         stored_defaults=dict(STORED_DEFAULTS))
 
 
 def load_tiny_teacher():
