@@ -1,6 +1,7 @@
 """Recipes: YAML mapped onto typed dataclasses, with ``a.b=value`` overrides from the command line.
 
-Unknown keys, wrong types and missing files are rejected with one line naming the dotted key.
+Unknown keys, wrong types, values out of range (:mod:`t2vturbo.recipe_checks`, run whenever a Recipe is made) and
+missing files are rejected with one line naming the dotted key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .recipe_checks import check_values, looks_like_path, missing_files
 
 
 @dataclass
@@ -24,7 +26,7 @@ class ModelConfig:
     teacher: str = "tiny"
     #: compute dtype of the frozen base weights: float32, bfloat16, float16
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    #: "auto" = cuda if available else cpu
+    #: "auto" = cuda if available else cpu; or "cpu", "cuda", "mps" (recipe_checks.DEVICES)
     device: str = "auto"
 
 
@@ -36,11 +38,6 @@ class VideoConfig:
     #: frame rate; also fed to fps-conditioned teachers (VideoCrafter2)
     fps: int = 8
 
-    def __post_init__(self):
-        for name in ("frames", "height", "width", "fps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"video.{name} must be positive, got {getattr(self, name)}")
-
 
 @dataclass
 class LoraConfig:
@@ -48,16 +45,11 @@ class LoraConfig:
     #: None = rank (scale 1, as the official release)
     alpha: float | None = None
     dropout: float = 0.1
-    #: "all" = every Linear/Conv2d/Conv3d of the UNet, or a list of module names
+    #: "all" = the family's default targets (every Linear/Conv2d/Conv3d of a UNet, the attention and FFN linears
+    #: of a transformer), or a list of module names / name suffixes
     target_modules: str | list[str] = "all"
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ConfigError(f"lora.rank must be at least 1 (got {self.rank})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ConfigError(f"lora.alpha must be positive (got {self.alpha}); leave it out for alpha = rank")
+    #: per-module ranks (module name -> rank) where they differ from ``rank`` (peft's rank_pattern)
+    rank_pattern: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,14 +64,6 @@ class MotionConfig:
     percentage: float = 0.5
     #: the energy's weight before its gradient is taken (the reference's temp_loss_scale)
     loss_scale: float = 100.0
-
-    def __post_init__(self):
-        if self.scale < 0:
-            raise ConfigError(f"distill.motion.scale must be >= 0 (got {self.scale}); 0 turns motion guidance off")
-        if not 0.0 < self.percentage <= 1.0:
-            raise ConfigError(f"distill.motion.percentage must be in (0, 1] (got {self.percentage})")
-        if self.loss_scale <= 0:
-            raise ConfigError(f"distill.motion.loss_scale must be positive (got {self.loss_scale})")
 
 
 @dataclass
@@ -100,12 +84,6 @@ class DistillConfig:
     #: T2V-Turbo-v2's motion guidance and the student's motion projections (off unless motion.scale > 0)
     motion: MotionConfig = field(default_factory=MotionConfig)
 
-    def __post_init__(self):
-        if self.w_min > self.w_max:
-            raise ConfigError(f"distill.w_min ({self.w_min}) is above distill.w_max ({self.w_max})")
-        if self.num_train_timesteps % self.num_ddim_timesteps:
-            raise ConfigError("distill.num_ddim_timesteps must divide distill.num_train_timesteps")
-
 
 @dataclass
 class RewardConfig:
@@ -121,13 +99,6 @@ class RewardConfig:
     #: back into the float32 frames either way. bfloat16 halves the reward's weight memory.
     dtype: str = "float32"
     options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if not self.name:
-            raise ConfigError("rewards[].name is required")
-        from .names import torch_dtype
-
-        torch_dtype(self.dtype, f"rewards[{self.name}].dtype")
 
 
 @dataclass
@@ -177,13 +148,6 @@ class TrainConfig:
     #: states per caption (L x D, e.g. 77 x 1024 in the model dtype for ModelScope): for caption sets that fit
     cache_text: bool = False
 
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
-
 
 @dataclass
 class SampleConfig:
@@ -209,10 +173,7 @@ class Recipe:
     output_dir: str = "runs/distill"
 
     def __post_init__(self):
-        grid = self.distill.num_ddim_timesteps
-        if not 1 <= self.sample.steps <= grid:
-            raise ConfigError(f"sample.steps must be in 1-{grid} (the solver grid, distill.num_ddim_timesteps); "
-                              f"got {self.sample.steps}")
+        check_values(self)  # every value before anything loads (the dry run too)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -308,12 +269,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     for k, v in data.items():
         dotted = f"{prefix}.{k}" if prefix else k
         kwargs[k] = _convert(v, hints[k], dotted)
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        if prefix and not str(err).startswith(prefix.split("[")[0]):
-            raise ConfigError(f"{prefix}: {err}") from None
-        raise
+    return cls(**kwargs)  # Recipe.__post_init__ checks the values (recipe_checks), each error naming its key
 
 
 # ---------------------------------------------------------------- YAML + overrides
@@ -385,28 +341,6 @@ def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return recipe
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or spec.endswith((".ckpt", ".pt", ".pth", ".safetensors"))
-
-
-def missing_files(recipe: Recipe) -> list[str]:
-    """Problems with the files a recipe names (each one line, naming the dotted key)."""
-    problems = []
-    if _looks_like_path(recipe.model.teacher) and not Path(recipe.model.teacher).expanduser().exists():
-        problems.append(f"model.teacher: {recipe.model.teacher} does not exist")
-    for i, r in enumerate(recipe.rewards):
-        if r.checkpoint and not Path(r.checkpoint).expanduser().exists():
-            problems.append(f"rewards[{i}].checkpoint: file not found: {r.checkpoint}")
-    if recipe.data.source == "folder":
-        if not recipe.data.path:
-            problems.append("data.path is required when data.source is 'folder'")
-        elif not Path(recipe.data.path).expanduser().is_dir():
-            problems.append(f"data.path: folder not found: {recipe.data.path}")
-        if recipe.data.captions and not Path(recipe.data.captions).expanduser().is_file():
-            problems.append(f"data.captions: file not found: {recipe.data.captions}")
-    return problems
-
-
 #: what each built-in reward reads when its checkpoint is not given (hub repo, file; file None = whole repo)
 REWARD_DOWNLOADS = {
     "hpsv2": [("xswu/HPSv2", "HPS_v2_compressed.pt")],
@@ -428,7 +362,7 @@ def downloads(recipe: Recipe) -> list[tuple[str, bool]]:
 
     cmds: list[tuple[str, bool]] = []
     teacher = recipe.model.teacher
-    if teacher not in BUILT_IN_TEACHERS and not _looks_like_path(teacher) and not Path(teacher).expanduser().exists():
+    if teacher not in BUILT_IN_TEACHERS and not looks_like_path(teacher) and not Path(teacher).expanduser().exists():
         cmds.append((f"hf download {teacher}", _cached_repo(teacher)))
     for r in recipe.rewards:
         if r.checkpoint:

@@ -49,7 +49,7 @@ def test_overrides_apply_with_yaml_types():
         ("data.path=/nonexistent/dir", None),  # source stays tiny-world: path unused, no error
         ("model.teacher=/nonexistent/model", "model.teacher: /nonexistent/model does not exist"),
         ("rewards=[{name: hpsv2, checkpoint: /no/such.pt}]", "rewards[0].checkpoint: file not found"),
-        ("video.frames=0", "video.frames must be positive"),
+        ("video.frames=0", "video.frames must be at least 1"),
         ("distill.w_min=20", "distill.w_min (20.0) is above distill.w_max"),
         ("novalue", "must look like key.sub=value"),
     ],
