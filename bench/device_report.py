@@ -18,7 +18,8 @@ Each measurement runs in a fresh subprocess, so peaks do not mix:
 2. ``distill``: one training step at batch 1 with both rewards: peak memory (``torch.cuda.max_memory_allocated``
    / RSS above the imports) and seconds per step, t2vturbo's Distiller against the reference implementation's
    layout (a second UNet copy, cond and uncond as two calls, student forward first, each reward decoding its
-   own frames), with the recipe's options: bf16, gradient checkpointing, 8-bit Adam (bitsandbytes, CUDA).
+   own frames), with the recipe's options: bf16, gradient checkpointing, 8-bit Adam (bitsandbytes, CUDA). Both
+   steps are bench/distill_steps.py's, the ones bench/distill_memory.py times too.
 3. ``score``: videos/s of the image reward (HPSv2.1 architecture) and the video reward (ViCLIP), model alone
    batched against one video at a time, and ``score_videos`` end to end on written mp4 files.
 
@@ -39,14 +40,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
-import math
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,10 +52,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_steps import ReferenceStep, bench_recipe, our_step  # noqa: E402
+from measure import Meter, current_rss_mb, print_result, random_clips, run_child, timed_steps  # noqa: E402
 from midsize import TEXT_CONFIG as MID_TEXT  # noqa: E402
 from midsize import UNET_CONFIG as MID_UNET  # noqa: E402
 from midsize import VAE_CONFIG as MID_VAE  # noqa: E402
-from midsize import count_params  # noqa: E402
+from midsize import build_teacher, count_params  # noqa: E402
 from sample_speed import Timers  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- the sizes
@@ -105,30 +104,10 @@ IMAGE_FRAMES, VIDEO_FRAMES = 5, 8  # the reference code's M and ViCLIP's frame c
 IMAGE_BETA, VIDEO_BETA = 2.0, 3.0  # the paper's ModelScope weights
 
 
-def build_parts(size: str, seed: int = 0):
-    """TeacherParts of the size's ModelScope-family model, random weights from ``seed``, frozen, eval."""
-    from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from t2vturbo.schedules import VPSchedule
-    from t2vturbo.teachers import TeacherParts
-    from t2vturbo.tiny.teacher import load_tiny_tokenizer
-
+def build_model(size: str, seed: int = 0):
+    """The size's ModelScope-family model (a UNet3DTeacher), random weights from ``seed``, frozen, eval."""
     cfg = SIZES[size]
-    tokenizer = load_tiny_tokenizer()  # word-level; prompt length 77 as CLIP's
-    tokenizer.model_max_length = cfg["text"]["max_position_embeddings"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet3DConditionModel(**cfg["unet"])
-        vae = AutoencoderKL(**cfg["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                                    bos_token_id=tokenizer.bos_token_id,
-                                                    eos_token_id=tokenizer.eos_token_id, **cfg["text"]))
-    for m in (unet, vae, text_encoder):
-        m.requires_grad_(False).eval()
-    return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        schedule=VPSchedule.standard(), name=f"{size}-random",
-                        vae_scale=float(vae.config.scaling_factor))
+    return build_teacher(cfg["unet"], cfg["vae"], cfg["text"], seed=seed, name=f"{size}-random")
 
 
 def build_rewards(size: str, device, dtype=torch.float32) -> list:
@@ -158,55 +137,6 @@ def build_rewards(size: str, device, dtype=torch.float32) -> list:
 # ------------------------------------------------------------------------------------------------- measurement
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def current_rss_mb() -> float:
-    return _status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    """Resident peak since the process started or since the last :meth:`Meter.reset_peak`."""
-    peak = _status_mb("VmHWM")
-    return peak if math.isfinite(peak) else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class Meter:
-    """Peak memory of this process above the baseline taken after the imports: the CUDA allocator's peak, else
-    resident memory (VmHWM). ``reset_peak`` after setup makes the peak that of what follows alone (on Linux,
-    ``/proc/self/clear_refs``), so building the models does not count as the training step's peak."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.base = current_rss_mb()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def reset_peak(self) -> bool:
-        """Forget the peak so far; False where the platform cannot (the peak then includes setup)."""
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            return True
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            return True
-        except OSError:
-            return False
-
-    def peak_mb(self) -> float:
-        return torch.cuda.max_memory_allocated() / 2**20 if self.cuda else peak_rss_mb() - self.base
-
-
 def _median_time(fn, repeats: int, sync) -> float:
     times = []
     for _ in range(repeats):
@@ -230,23 +160,23 @@ def task_sample(args) -> dict:
     meter = Meter(device)
     cfg = SIZES[args.size]
     frames, height, width = cfg.get("sample_video", cfg["video"])
-    parts = build_parts(args.size)
+    model = build_model(args.size)
     torch.manual_seed(0)
-    make_student(parts.unet, LoraSettings(rank=cfg["rank"], dropout=0.0))
-    merge_lora(parts.unet)  # what export ships; LoRA B starts at zero, so the weights equal the base's
-    parts.unet.eval()
-    parts.to(device=device, dtype=dtype)
-    if args.compile != "none":
-        parts.unet = torch.compile(parts.unet, mode=None if args.compile == "default" else args.compile,
+    make_student(model, LoraSettings(rank=cfg["rank"], dropout=0.0))
+    merge_lora(model.network)  # what export ships; LoRA B starts at zero, so the weights equal the base's
+    model.network.eval()
+    model.to(device=device, dtype=dtype)
+    if args.compile != "none":  # the bench's model is a UNet3DTeacher: its network is its ``unet`` field
+        model.unet = torch.compile(model.unet, mode=None if args.compile == "default" else args.compile,
                                    dynamic=False)
-    timers = Timers(parts, meter.cuda)
+    timers = Timers(model, meter.cuda)
     common = dict(frames=frames, height=height, width=width, guidance=7.5)
 
     def run(mode, steps, prompts, seed=0):
         timers.reset()
         meter.sync()
         t0 = time.perf_counter()
-        out = sample_video(parts, prompts, steps=steps, mode=mode, seed=seed, **common)
+        out = sample_video(model, prompts, steps=steps, mode=mode, seed=seed, **common)
         total = time.perf_counter() - t0
         if not torch.isfinite(out.videos).all():
             raise RuntimeError(f"non-finite video in {mode} sampling")
@@ -271,7 +201,7 @@ def task_sample(args) -> dict:
     result = {"teacher": teacher, "student": student, "student_batched": batched, "batch": args.sample_batch,
               "teacher_steps": teacher_steps, "speedup": teacher["s_per_video"] / student["s_per_video"],
               "batching_gain": student["s_per_video"] / batched["s_per_video"], "warmup_s": warmup_s,
-              "unet_params": count_params(parts.unet), "peak_mb": meter.peak_mb()}
+              "unet_params": count_params(model.network), "peak_mb": meter.peak_mb()}
     if cfg.get("wan") and args.wan:
         result["wan"] = wan_sampling(args, device, dtype, meter)
     return result
@@ -307,19 +237,10 @@ def wan_sampling(args, device, dtype, meter) -> dict:
 
 
 def make_recipe(args):
-    from t2vturbo.config import Recipe, RewardConfig
+    from t2vturbo.config import RewardConfig
 
-    frames, height, width = SIZES[args.size]["video"]
-    recipe = Recipe()
-    recipe.model.teacher = "bench"
-    recipe.model.device = args.device
-    recipe.model.dtype = args.dtype
-    recipe.video.frames, recipe.video.height, recipe.video.width = frames, height, width
-    recipe.lora.rank, recipe.lora.dropout = SIZES[args.size]["rank"], 0.1
-    recipe.train.batch_size = 1
-    recipe.train.num_threads = args.threads
-    recipe.train.mixed_precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
-    recipe.train.checkpoint_every = 10**6
+    size = SIZES[args.size]
+    recipe = bench_recipe("bench", args.device, args.dtype, size["video"], size["rank"], 0.1, threads=args.threads)
     recipe.train.gradient_checkpointing = args.checkpointing
     recipe.train.reward_checkpointing = args.reward_checkpointing
     recipe.train.split_reward_backward = args.split
@@ -335,13 +256,6 @@ def bench_captions(steps: int) -> list[str]:
     return [f"a red circle moving right {i}" for i in range(steps)]
 
 
-def clips(args, steps: int):
-    frames, height, width = SIZES[args.size]["video"]
-    g = torch.Generator().manual_seed(1)
-    for caption in bench_captions(steps):
-        yield torch.rand(1, frames, 3, height, width, generator=g), [caption]
-
-
 def task_distill(args) -> dict:
     import accelerate  # noqa: F401 - imported before the baseline in both variants
     import peft  # noqa: F401
@@ -353,131 +267,43 @@ def task_distill(args) -> dict:
     step, setup_mb, (unet_params, trained_params) = (distill_ours if args.variant == "ours" else distill_reference)(args, device)
     setup_peak = meter.peak_mb()
     step_only = meter.reset_peak()
-    seconds, losses = [], []
-    for i, (pixels, captions) in enumerate(clips(args, args.warmup + args.steps)):
-        meter.sync()
-        t0 = time.perf_counter()
-        losses.append(step(pixels, captions))
-        meter.sync()
-        if i >= args.warmup:
-            seconds.append(time.perf_counter() - t0)
-    if not all(math.isfinite(v) for v in losses):
-        raise RuntimeError(f"non-finite loss: {losses}")
-    return {"s_per_step": statistics.median(seconds), "peak_mb": meter.peak_mb(), "setup_mb": setup_mb - meter.base,
-            "unet_params": unet_params, "trained_params": trained_params, "losses": losses,
-            "setup_peak_mb": setup_peak, "peak_is_steps_only": step_only}
+    frames, height, width = SIZES[args.size]["video"]
+    clips = random_clips([[c] for c in bench_captions(args.warmup + args.steps)], frames, height, width)
+    timed = timed_steps(step, clips, args.warmup, meter.sync)
+    return {"s_per_step": statistics.median(timed["seconds"]), "peak_mb": meter.peak_mb(),
+            "setup_mb": setup_mb - meter.base, "unet_params": unet_params, "trained_params": trained_params,
+            "losses": timed["losses"], "setup_peak_mb": setup_peak, "peak_is_steps_only": step_only}
 
 
-def base_and_trained(unet) -> tuple[int, int]:
-    """(frozen base parameters, trained parameters) of a student UNet."""
-    trained = sum(p.numel() for p in unet.parameters() if p.requires_grad)
-    return count_params(unet) - trained, trained
+def base_and_trained(network) -> tuple[int, int]:
+    """(frozen base parameters, trained parameters) of a student network."""
+    trained = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    return count_params(network) - trained, trained
 
 
 def distill_ours(args, device):
-    """The product's own step: Distiller.training_step + backward + optimizer step (its loaders swapped)."""
-    import t2vturbo.distill as distill
-
+    """The product's own step (bench/distill_steps.py): Distiller.training_step + backward + optimizer step, the
+    bench's model and rewards given to the Distiller as its loaders."""
     dtype = getattr(torch, args.dtype)
-    distill.load_teacher = lambda spec, device, dtype: build_parts(args.size).to(device=device, dtype=dtype)
     reward_dtype = getattr(torch, args.reward_dtype) if args.reward_dtype else dtype
     rewards = dict(build_rewards(args.size, device, reward_dtype))
-    distill.load_reward = lambda name, dtype=None, **_: rewards[name]
-    distill.make_stream = lambda *a, **k: None  # the bench feeds its own clips
-    out = tempfile.mkdtemp(prefix="t2vturbo-report-")
-    d = distill.Distiller(make_recipe(args), out, log=lambda _: None, progress=False)
-    d.setup()
+    d, step = our_step(make_recipe(args), tempfile.mkdtemp(prefix="t2vturbo-report-"),
+                       lambda: build_model(args.size), rewards)
     if args.cache_text:  # train.cache_text, given the bench's own captions (its stream is its own)
         d.cache_text(bench_captions(args.warmup + args.steps))
-
-    def step(pixels, captions):
-        loss, _ = d.training_step(pixels, captions)
-        d.apply_gradients(loss)
-        d.step += 1
-        return float(loss.detach())
-
-    return step, current_rss_mb(), base_and_trained(d.unet)
+    return step, current_rss_mb(), base_and_trained(d.network)
 
 
 def distill_reference(args, device):
-    """The reference implementation's layout, emulated with the same maths: a second full UNet as teacher, the
-    student's forward with grad first, the teacher's cond and uncond as two calls, the target, then each reward
-    decoding its own frames (M random for the image reward, 8 strided for the video reward)."""
-    from accelerate.utils import set_seed
-
-    from t2vturbo.consistency import consistency_loss, guidance_embedding, lcm_guidance
-    from t2vturbo.rewards import strided_frame_indices
-    from t2vturbo.student import LoraSettings, make_student
-    from t2vturbo.teachers import decode_latents
-
+    """The reference implementation's layout (bench/distill_steps.py), with the same maths: a second full UNet as
+    teacher, the student's forward with grad first, the teacher's cond and uncond as two calls, the target, then
+    each reward decoding its own frames (M random for the image reward, 8 strided for the video reward)."""
     recipe = make_recipe(args)
-    r, dist = recipe, recipe.distill
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    set_seed(r.train.seed)
-    parts = build_parts(args.size).to(device=device, dtype=dtype)
-    rewards = build_rewards(args.size, device, dtype)
-    teacher = copy.deepcopy(parts.unet)
-    torch.manual_seed(r.train.seed)
-    unet = make_student(parts.unet, LoraSettings(rank=r.lora.rank, dropout=r.lora.dropout), dist.guidance_embed_dim)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
-    unet.train()
-    if args.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-
-        optimizer = bnb.optim.AdamW8bit(params, lr=r.train.learning_rate)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=r.train.learning_rate, weight_decay=r.train.weight_decay)
-    schedule = parts.schedule
-    solver_t = schedule.solver_grid(dist.num_ddim_timesteps).to(device)
-    uncond = parts.encode_text([""])
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    setup = current_rss_mb()
-    counter = [0]
-
-    def step(pixels, captions):
-        gen = torch.Generator().manual_seed(1000 + counter[0])
-        counter[0] += 1
-        with torch.no_grad():
-            latents = parts.encode_video(pixels.to(device))
-            cond = parts.encode_text(captions)
-        index = torch.randint(0, dist.num_ddim_timesteps, (1,), generator=gen).to(device)
-        t_start = solver_t[index]
-        t_end = schedule.solver_end(t_start, dist.skip, solver_t)
-        noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-        x_t = schedule.add_noise(latents, noise, t_start)
-        w = (dist.w_min + (dist.w_max - dist.w_min) * torch.rand((1,), generator=gen)).to(device)
-        w_emb = guidance_embedding(w.cpu(), dist.guidance_embed_dim).to(device, latents.dtype)
-        with autocast:  # 1. the student first: its activations live through everything below
-            x0_s, _ = parts.denoise(x_t, t_start, cond, guidance_cond=w_emb, network=unet)
-        pred = schedule.consistency_output(x_t.float(), x0_s.float(), t_start)
-        with torch.no_grad():
-            with autocast:  # 2. the teacher copy, cond and uncond as two calls
-                x0_c, eps_c = parts.denoise(x_t, t_start, cond, network=teacher)
-                x0_u, eps_u = parts.denoise(x_t, t_start, uncond, network=teacher)
-            x_prev = schedule.step(lcm_guidance(x0_c.float(), x0_u.float(), w),
-                                   lcm_guidance(eps_c.float(), eps_u.float(), w), t_end).to(x_t.dtype)
-            with autocast:  # 3. the target from the student
-                x0_t, _ = parts.denoise(x_prev, t_end, cond, guidance_cond=w_emb, network=unet)
-            target = schedule.consistency_output(x_prev.float(), x0_t.float(), t_end)
-        loss = consistency_loss(pred, target, dist.loss, dist.huber_c)
-        f = pred.shape[2]
-        for (_, model), beta in zip(rewards, (IMAGE_BETA, VIDEO_BETA), strict=True):
-            idx = (sorted(torch.randperm(f, generator=gen)[:IMAGE_FRAMES].tolist()) if model.kind == "image"
-                   else strided_frame_indices(f, VIDEO_FRAMES))
-            frames = decode_latents(parts, pred.to(dtype), idx)
-            with autocast:
-                loss = loss - beta * model(frames, captions).float().mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    return step, setup, base_and_trained(unet)
+    model = build_model(args.size).to(device=device, dtype=dtype)
+    rewards = dict(build_rewards(args.size, device, dtype))
+    step = ReferenceStep(recipe, model, [(rc, rewards[rc.name]) for rc in recipe.rewards])
+    return step, current_rss_mb(), base_and_trained(step.network)
 
 
 # ----------------------------------------------------------------------------------------------------- scoring
@@ -538,7 +364,7 @@ def child(args) -> None:
         torch.set_num_threads(args.threads)
     result = TASKS[args.task](args)
     result.update(task=args.task, variant=args.variant, dtype=args.dtype, threads=torch.get_num_threads())
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def plan(args) -> list[dict]:
@@ -703,7 +529,6 @@ def main() -> None:
               str(args.teacher_repeats), "--teacher-steps", str(args.teacher_steps), "--sample-batch",
               str(args.sample_batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--score-videos",
               str(args.score_videos), "--score-batch", str(args.score_batch)] + ([] if args.wan else ["--no-wan"])
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     report = {"size": args.size, "device": args.device, "machine": machine(), "runs": [], "failed": []}
     t_all = time.perf_counter()
     for run in plan(args):
@@ -716,14 +541,12 @@ def main() -> None:
         cmd += ["--cache-text"] if run.get("cache_text") else []
         cmd += ["--decode-checkpointing"] if run.get("decode_checkpointing") else []
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
+        result, proc = run_child(cmd)
+        if result is None:
             reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             print(f"{label(run)} {run['task']}: failed ({reason})", file=sys.stderr)
             report["failed"].append({**run, "reason": reason})
             continue
-        result = json.loads(lines[-1][len("RESULT "):])
         result.update({k: v for k, v in run.items() if k not in result}, wall_s=time.perf_counter() - t0)
         report["runs"].append(result)
         print(f"{run['task']:8s} {label(run):40s} done in {result['wall_s']:.0f}s", file=sys.stderr, flush=True)

@@ -6,15 +6,17 @@ model (random weights, fixed seed; bench/midsize.py) on the same random clips, w
 - ours: ``t2vturbo.distill.Distiller.training_step`` + backward + AdamW step. ONE UNet serves as teacher (adapters
   off), target and student; the teacher's cond + uncond pass is one batched forward, teacher and target run under
   no_grad BEFORE the student's forward, so their activations are gone when the student's are kept for backward.
-- reference: the reference implementation's layout, emulated here: a separate full teacher UNet (deepcopy) beside
+- reference: the reference implementation's layout, emulated: a separate full teacher UNet (deepcopy) beside
   the student UNet that also gives the target; the student's forward with grad runs FIRST, then the teacher's
   cond and uncond passes as two calls and the target, while the student's activations are held.
+
+Both steps are bench/distill_steps.py's, the ones bench/device_report.py times too.
 
 No rewards here (bench/device_report.py measures the step with both rewards, and with the recipe's
 `train.gradient_checkpointing`, which checkpoints the UNet's down / mid / up blocks).
 
 Each variant runs in a fresh subprocess so peaks do not mix: peak RSS above the process after its imports
-(resource.getrusage) on CPU, torch.cuda.max_memory_allocated on CUDA.
+(VmHWM) on CPU, torch.cuda.max_memory_allocated on CUDA.
 
     python bench/distill_memory.py                          # CPU defaults (~1-2 min, 1 thread)
     python bench/distill_memory.py --device cuda --dtype bfloat16 --frames 16 --height 256 --width 256 --threads 0
@@ -23,194 +25,53 @@ Each variant runs in a fresh subprocess so peaks do not mix: peak RSS above the 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import math
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from distill_steps import ReferenceStep, bench_recipe, our_step
+from measure import Meter, current_rss_mb, peak_rss_mb, print_result, random_clips, run_child, timed_steps
 from midsize import build_midsize_teacher, count_params, load_average
 
 VARIANTS = ("ours", "reference")
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def make_recipe(args):
-    from t2vturbo.config import Recipe
-
-    recipe = Recipe()
-    recipe.model.teacher = "midsize"
-    recipe.model.device = args.device
-    recipe.model.dtype = args.dtype
-    recipe.video.frames, recipe.video.height, recipe.video.width = args.frames, args.height, args.width
-    recipe.lora.rank, recipe.lora.dropout = args.rank, args.dropout
-    recipe.train.batch_size = args.batch_size
-    recipe.train.num_threads = args.threads
-    recipe.train.mixed_precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
-    recipe.train.checkpoint_every = 10**6
-    return recipe
+    return bench_recipe("midsize", args.device, args.dtype, (args.frames, args.height, args.width), args.rank,
+                        args.dropout, batch_size=args.batch_size, threads=args.threads)
 
 
-def midsize_parts(args, device, dtype):
-    return build_midsize_teacher(seed=0, width=args.unet_width, layers=args.layers).to(device=device, dtype=dtype)
+def midsize_teacher(args):
+    return build_midsize_teacher(seed=0, width=args.unet_width, layers=args.layers)
 
 
-def batches(args, steps: int):
-    g = torch.Generator().manual_seed(1)
-    for i in range(steps):
-        pixels = torch.rand(args.batch_size, args.frames, 3, args.height, args.width, generator=g)
-        yield pixels, [f"a red circle moving right {i} {j}" for j in range(args.batch_size)]
+def clips(args):
+    captions = [[f"a red circle moving right {i} {j}" for j in range(args.batch_size)]
+                for i in range(args.warmup + args.steps)]
+    return random_clips(captions, args.frames, args.height, args.width)
 
 
 def run_ours(args, sync) -> dict:
-    """The product's own training step, run through Distiller (its model loader swapped for the mid-size model)."""
-    import t2vturbo.distill as distill
-
-    distill.load_teacher = lambda spec, device, dtype: midsize_parts(args, device, dtype)
-    distill.make_stream = lambda *a, **k: None  # the bench feeds its own clips
+    """The product's own training step, run through Distiller (the mid-size model given as its teacher loader)."""
     with tempfile.TemporaryDirectory() as out:
-        d = distill.Distiller(make_recipe(args), out, log=lambda _: None, progress=False)
-        d.setup()
+        d, step = our_step(make_recipe(args), out, lambda: midsize_teacher(args))
         after_setup = current_rss_mb()
-
-        def step(pixels, captions):
-            loss, _ = d.training_step(pixels, captions)
-            d.apply_gradients(loss)
-            d.step += 1
-            return loss
-
-        return timed_steps(args, step, sync, after_setup, count_params(d.unet))
+        return {**timed_steps(step, clips(args), args.warmup, sync), "after_setup_rss_mb": after_setup,
+                "unet_params": count_params(d.network)}
 
 
 def run_reference(args, sync) -> dict:
-    """The reference layout: a second full UNet as teacher, student forward first, cond/uncond as two calls."""
-    from accelerate.utils import set_seed
-
-    from t2vturbo.consistency import (
-        add_noise,
-        boundary_scalings,
-        consistency_loss,
-        ddim_step,
-        guidance_embedding,
-        lcm_guidance,
-        predict_x0,
-    )
-    from t2vturbo.schedules import solver_grid
-    from t2vturbo.student import LoraSettings, make_student
-    from t2vturbo.teachers import call_unet, encode_pixels, encode_prompts
-
-    recipe = make_recipe(args)
-    r, dist = recipe, recipe.distill
+    """The reference layout (bench/distill_steps.py): a second full UNet as teacher, student forward first,
+    cond/uncond as two calls."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    set_seed(r.train.seed)
-    parts = midsize_parts(args, device, dtype)
-    teacher = copy.deepcopy(parts.unet)  # the reference keeps a full teacher UNet beside the student's
-    torch.manual_seed(r.train.seed)
-    unet = make_student(parts.unet, LoraSettings(rank=r.lora.rank, dropout=r.lora.dropout),
-                        dist.guidance_embed_dim)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
-    unet.train()
-    optimizer = torch.optim.AdamW(params, lr=r.train.learning_rate, weight_decay=r.train.weight_decay,
-                                  eps=r.train.adam_eps)
-    alphas = parts.alphas_cumprod.to(device, torch.float32)
-    solver_t = solver_grid(dist.num_train_timesteps, dist.num_ddim_timesteps).to(device)
-    uncond_1 = encode_prompts(parts, [""])
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    step = ReferenceStep(make_recipe(args), midsize_teacher(args).to(device=device, dtype=dtype))
     after_setup = current_rss_mb()
-    step_index = 0
-
-    def bcast(x, like):
-        return x.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
-
-    def step(pixels, captions):
-        nonlocal step_index
-        gen = torch.Generator().manual_seed(1000 + step_index)
-        step_index += 1
-        b = pixels.shape[0]
-        with torch.no_grad():
-            latents = encode_pixels(parts, pixels.to(device))
-            cond = encode_prompts(parts, captions)
-            uncond = uncond_1.expand(b, -1, -1)
-        index = torch.randint(0, dist.num_ddim_timesteps, (b,), generator=gen).to(device)
-        t_start = solver_t[index]
-        t_end = (t_start - dist.skip).clamp(min=0)
-        noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-        x_t = add_noise(latents, noise, alphas[t_start])
-        w = dist.w_min + (dist.w_max - dist.w_min) * torch.rand((b,), generator=gen)
-        w_emb = guidance_embedding(w, dist.guidance_embed_dim).to(device, latents.dtype)
-        w_dev = w.to(device)
-
-        # 1. Student forward with grad first: its activations stay alive through everything below.
-        with autocast:
-            eps_s = call_unet(unet, x_t, t_start, cond, timestep_cond=w_emb).float()
-        c_skip_s, c_out_s = boundary_scalings(t_start)
-        pred = bcast(c_skip_s, x_t) * x_t.float() + \
-            bcast(c_out_s, x_t) * predict_x0(eps_s, x_t.float(), alphas[t_start])
-
-        with torch.no_grad():
-            # 2. Teacher (its own UNet copy): cond and uncond as two calls, LCM-form CFG, one DDIM step.
-            with autocast:
-                eps_c = call_unet(teacher, x_t, t_start, cond).float()
-                eps_u = call_unet(teacher, x_t, t_start, uncond).float()
-            a_start = alphas[t_start]
-            x0_c, x0_u = predict_x0(eps_c, x_t.float(), a_start), predict_x0(eps_u, x_t.float(), a_start)
-            x0_g, eps_g = lcm_guidance(x0_c, x0_u, w_dev), lcm_guidance(eps_c, eps_u, w_dev)
-            x_prev = ddim_step(x0_g, eps_g, alphas[t_end]).to(latents.dtype)
-            # 3. Target from the student UNet under no_grad.
-            with autocast:
-                eps_tgt = call_unet(unet, x_prev, t_end, cond, timestep_cond=w_emb).float()
-            c_skip_e, c_out_e = boundary_scalings(t_end)
-            target = bcast(c_skip_e, x_prev) * x_prev.float() + \
-                bcast(c_out_e, x_prev) * predict_x0(eps_tgt, x_prev.float(), alphas[t_end])
-
-        loss = consistency_loss(pred, target, dist.loss, dist.huber_c)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return timed_steps(args, step, sync, after_setup, count_params(teacher))
-
-
-def timed_steps(args, step, sync, after_setup: float, unet_params: int) -> dict:
-    seconds, cpu_seconds, losses = [], [], []
-    for i, (pixels, captions) in enumerate(batches(args, args.warmup + args.steps)):
-        sync()
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = step(pixels, captions)
-        sync()
-        if i >= args.warmup:
-            seconds.append(time.perf_counter() - t0)
-            cpu_seconds.append(time.process_time() - c0)
-        losses.append(float(loss.detach()))
-    if not all(math.isfinite(v) for v in losses):
-        raise RuntimeError(f"non-finite loss in the bench: {losses}")
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "after_setup_rss_mb": after_setup, "unet_params": unet_params,
-            "losses": losses}
+    return {**timed_steps(step, clips(args), args.warmup, sync), "after_setup_rss_mb": after_setup,
+            "unet_params": count_params(step.teacher_copy)}
 
 
 def child(args) -> None:
@@ -222,21 +83,13 @@ def child(args) -> None:
 
     import t2vturbo.distill  # noqa: F401
 
-    cuda = args.device.startswith("cuda")
-    base_rss = current_rss_mb()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    result = (run_ours if args.variant == "ours" else run_reference)(args, sync)
-    result.update(variant=args.variant, base_rss_mb=base_rss, peak_rss_mb=peak_rss_mb(),
+    meter = Meter(torch.device(args.device))
+    result = (run_ours if args.variant == "ours" else run_reference)(args, meter.sync)
+    result.update(variant=args.variant, base_rss_mb=meter.base, peak_rss_mb=peak_rss_mb(),
                   threads=torch.get_num_threads())
-    if cuda:
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    print("RESULT " + json.dumps(result), flush=True)
+    if meter.cuda:
+        result["cuda_peak_mb"] = meter.peak_mb()
+    print_result(result)
 
 
 def main() -> None:
@@ -265,15 +118,12 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     argv = list(sys.argv[1:])
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     for _ in range(args.repeats):
         for variant in VARIANTS:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--variant", variant],
-                                  capture_output=True, text=True, env=env)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
+            result, proc = run_child([sys.executable, str(Path(__file__).resolve()), *argv, "--variant", variant])
+            if result is None:
                 sys.exit(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            results[variant].append(json.loads(lines[-1][len("RESULT "):]))
+            results[variant].append(result)
 
     def summary(runs: list[dict]) -> dict:
         step_s = min(statistics.median(r["seconds"]) for r in runs)

@@ -42,32 +42,39 @@ TEXT_CONFIG = dict(
 )
 
 
-def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2):
-    """TeacherParts of the mid-size model: UNet block widths (width, 2*width, 4*width), ``layers`` per block."""
+def build_teacher(unet: dict, vae: dict, text: dict, seed: int = 0, name: str = "bench-random"):
+    """A ModelScope-family :class:`t2vturbo.teachers.UNet3DTeacher` built from configs (UNet3DConditionModel,
+    AutoencoderKL and CLIP text encoder kwargs), random weights from ``seed`` (the global RNG is left as it was),
+    frozen, eval; the tiny teacher's word-level tokenizer with CLIP's prompt length."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from t2vturbo.schedules import VPSchedule
-    from t2vturbo.teachers import TeacherParts
+    from t2vturbo.teachers import UNet3DTeacher
     from t2vturbo.tiny.teacher import load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer()
-    tokenizer.model_max_length = TEXT_CONFIG["max_position_embeddings"]
-    unet_cfg = dict(UNET_CONFIG, block_out_channels=(width, 2 * width, 4 * width), layers_per_block=layers)
+    tokenizer.model_max_length = text["max_position_embeddings"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet3DConditionModel(**unet_cfg)
-        vae = AutoencoderKL(**VAE_CONFIG)
-        text_cfg = CLIPTextConfig(
+        unet_model = UNet3DConditionModel(**unet)
+        vae_model = AutoencoderKL(**vae)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG,
-        )
-        text_encoder = CLIPTextModel(text_cfg)
-    for m in (unet, vae, text_encoder):
-        m.requires_grad_(False)
-        m.eval()
-    return TeacherParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        schedule=VPSchedule.standard(), name="midsize-random")
+            eos_token_id=tokenizer.eos_token_id, **text,
+        ))
+    for m in (unet_model, vae_model, text_encoder):
+        m.requires_grad_(False).eval()
+    return UNet3DTeacher(unet=unet_model, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
+                         schedule=VPSchedule.standard(), name=name,
+                         vae_scale=float(vae_model.config.scaling_factor))
+
+
+def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2):
+    """The mid-size model (:func:`build_teacher`): UNet block widths (width, 2*width, 4*width), ``layers`` per
+    block."""
+    unet = dict(UNET_CONFIG, block_out_channels=(width, 2 * width, 4 * width), layers_per_block=layers)
+    return build_teacher(unet, VAE_CONFIG, TEXT_CONFIG, seed=seed, name="midsize-random")
 
 
 def count_params(module: torch.nn.Module) -> int:

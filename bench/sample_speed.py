@@ -20,17 +20,18 @@ from midsize import build_midsize_teacher, count_params, load_average
 
 
 class Timers:
-    """Wall time spent inside the UNet forward, the text encoder forward and ``vae.decode`` (synced on CUDA)."""
+    """Wall time spent inside the network's forward (``unet``), the text encoder's forward and ``vae.decode``
+    (synced on CUDA) of a teacher."""
 
-    def __init__(self, parts, cuda: bool):
+    def __init__(self, teacher, cuda: bool):
         self.cuda = cuda
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._start: dict[str, float] = {}
-        for name, module in (("unet", parts.unet), ("text", parts.text_encoder)):
+        for name, module in (("unet", teacher.network), ("text", teacher.text_encoder)):
             module.register_forward_pre_hook(lambda *_, n=name: self._begin(n))
             module.register_forward_hook(lambda *_, n=name: self._end(n))
-        decode = parts.vae.decode
+        decode = teacher.vae.decode
 
         def timed_decode(*args, **kwargs):
             self._begin("vae")
@@ -38,7 +39,7 @@ class Timers:
             self._end("vae")
             return out
 
-        parts.vae.decode = timed_decode
+        teacher.vae.decode = timed_decode
 
     def _sync(self) -> None:
         if self.cuda:
@@ -88,13 +89,13 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = getattr(torch, args.dtype)
-    parts = build_midsize_teacher(seed=0, width=args.unet_width, layers=args.layers)
-    n_unet = count_params(parts.unet)
+    model = build_midsize_teacher(seed=0, width=args.unet_width, layers=args.layers)
+    n_unet = count_params(model.network)
     torch.manual_seed(0)
-    make_student(parts.unet, LoraSettings(rank=args.rank, dropout=0.0))
-    parts.unet.eval()
-    parts.to(device=device, dtype=dtype)
-    timers = Timers(parts, cuda)
+    make_student(model, LoraSettings(rank=args.rank, dropout=0.0))
+    model.network.eval()
+    model.to(device=device, dtype=dtype)
+    timers = Timers(model, cuda)
     prompts = [f"a red circle moving right {i}" for i in range(args.videos)]
     common = dict(frames=args.frames, height=args.height, width=args.width, guidance=args.guidance, seed=0)
 
@@ -104,10 +105,10 @@ def main() -> None:
             torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
         if mode == "teacher":
-            with teacher_mode(parts.unet):  # base weights, adapters off: the teacher as users run it
-                out = sample_video(parts, prompts, steps=steps, mode="teacher", **common)
+            with teacher_mode(model.network):  # base weights, adapters off: the teacher as users run it
+                out = sample_video(model, prompts, steps=steps, mode="teacher", **common)
         else:
-            out = sample_video(parts, prompts, steps=steps, mode="student", **common)
+            out = sample_video(model, prompts, steps=steps, mode="student", **common)
         total = time.perf_counter() - t0  # videos come back on the CPU, so this is synced
         cpu = time.process_time() - c0
         assert out.unet_calls == steps and torch.isfinite(out.videos).all()
@@ -128,7 +129,7 @@ def main() -> None:
             (f"student {args.student_steps} steps (LoRA adapter)",
              median("student", args.student_steps, args.student_repeats))]
     if not args.no_merged:
-        merge_lora(parts.unet)  # what `t2vturbo export` ships: LoRA folded into the weights
+        merge_lora(model.network)  # what `t2vturbo export` ships: LoRA folded into the weights
         run("student", args.student_steps)
         rows.append((f"student {args.student_steps} steps (LoRA merged)",
                      median("student", args.student_steps, args.student_repeats)))
@@ -136,7 +137,7 @@ def main() -> None:
     n = args.videos
     print(f"model: mid-size ModelScope architecture, random weights; UNet {n_unet / 1e6:.1f}M params "
           f"(widths {args.unet_width}/{2 * args.unet_width}/{4 * args.unet_width}, {args.layers} layers), "
-          f"VAE {count_params(parts.vae) / 1e6:.1f}M, text encoder {count_params(parts.text_encoder) / 1e6:.1f}M, "
+          f"VAE {count_params(model.vae) / 1e6:.1f}M, text encoder {count_params(model.text_encoder) / 1e6:.1f}M, "
           f"LoRA rank {args.rank}")
     print(f"video: {args.frames} frames {args.height}x{args.width}, {n} per call; device {device}, {args.dtype}, "
           f"torch threads {torch.get_num_threads()}; load average {load_average()}")
