@@ -27,7 +27,7 @@ def distill(
     out = output_dir or Path(r.output_dir)
     if dry_run:
         from t2vturbo.config import downloads, missing_files, missing_packages
-        from t2vturbo.distill import describe_plan
+        from t2vturbo.plan import describe_plan
 
         console.print(f"[bold]plan[/] for {recipe} -> {out}", highlight=False)
         for line in describe_plan(r):
@@ -60,13 +60,15 @@ def distill(
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{err}: {again}", err.checkpoint, err.step) from None
     if path is not None:
+        from t2vturbo.data import example_caption
+
         samples = out / "samples"
+        caption = example_caption(r)
+        prompt = shlex.quote(caption) if caption else '"YOUR PROMPT"'
         console.print(f"[green]done[/]: student in {path}; metrics in {out / 'metrics.jsonl'}, curves in "
                       f"{out / 'curves.png'}" + (f", samples in {samples}/" if samples.is_dir() else ""),
                       highlight=False)
-        console.print(f"next: t2vturbo sample \"a red circle moving left\" --student {path}   |   "
-                      + (f"t2vturbo score {samples}/ --reward tiny-video   |   " if samples.is_dir() else "")
-                      + f"t2vturbo export {path} --out exported"
-                      if r.model.teacher == "tiny" else
-                      f"next: t2vturbo sample \"YOUR PROMPT\" --student {path}   |   t2vturbo export {path} --out "
-                      "exported", highlight=False)
+        console.print(f"next: t2vturbo sample {prompt} --student {path}   |   "
+                      + (f"t2vturbo score {samples}/ --reward tiny-video   |   "
+                         if samples.is_dir() and r.model.teacher == "tiny" else "")
+                      + f"t2vturbo export {path} --out exported", highlight=False, markup=False)

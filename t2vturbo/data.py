@@ -23,18 +23,22 @@ class Clip:
     caption: str
 
 
-def read_caption_table(path: Path, root: Path) -> list[Clip]:
-    """Rows of (path, caption) from CSV (header with ``path``/``caption``; WebVid's ``videoid``/``name`` too) or JSONL."""
+def read_caption_table(path: Path, root: Path, limit: int | None = None) -> list[Clip]:
+    """Rows of (path, caption) from CSV (header with ``path``/``caption``; WebVid's ``videoid``/``name`` too) or JSONL;
+    with ``limit``, only the first ``limit`` rows are read."""
     rows: list[Clip] = []
     if path.suffix == ".jsonl":
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                rows.append(Clip(str(obj["path"]), str(obj["caption"])))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{path}:{i}: expected a JSON object with 'path' and 'caption'") from None
+        with path.open() as fh:
+            for i, line in enumerate(fh.read().splitlines() if limit is None else fh, 1):
+                if limit is not None and len(rows) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    rows.append(Clip(str(obj["path"]), str(obj["caption"])))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{path}:{i}: expected a JSON object with 'path' and 'caption'") from None
     elif path.suffix in (".csv", ".tsv"):
         with path.open(newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ",")
@@ -46,6 +50,8 @@ def read_caption_table(path: Path, root: Path) -> list[Clip]:
             else:
                 raise ConfigError(f"{path}: needs columns path,caption (or WebVid's videoid,name); found {sorted(fields)}")
             for row in reader:
+                if limit is not None and len(rows) >= limit:
+                    break
                 p = row[pk]
                 if pk == "videoid" and not Path(p).suffix:
                     p = f"{p}.mp4"
@@ -58,6 +64,34 @@ def read_caption_table(path: Path, root: Path) -> list[Clip]:
         if not Path(r.path).is_absolute():
             r.path = str(root / r.path)
     return rows
+
+
+def captions_file(root: Path, captions: str | None) -> Path:
+    """``data.captions``, or else the captions.csv / .jsonl / .tsv in the data folder ``root``."""
+    if captions is not None:
+        return Path(captions)
+    found = [root / n for n in ("captions.csv", "captions.jsonl", "captions.tsv") if (root / n).is_file()]
+    if not found:
+        raise ConfigError(f"data.captions not set and {root} has no captions.csv / captions.jsonl")
+    return found[0]
+
+
+def example_caption(recipe) -> str | None:
+    """A caption of the recipe's own data, to suggest as a prompt: the tiny world's first caption, or the first
+    caption of a folder's captions file (only its first row is read; no video, no model). None if unreadable."""
+    if recipe.data.source == "tiny-world":
+        from .tiny.world import all_captions
+
+        return all_captions()[0]
+    if not recipe.data.path:
+        return None
+    try:
+        root = Path(recipe.data.path).expanduser()
+        rows = read_caption_table(captions_file(root, recipe.data.captions), root, limit=1)
+    except (ConfigError, OSError, UnicodeDecodeError, csv.Error):
+        return None
+    caption = " ".join(rows[0].caption.split())
+    return caption or None
 
 
 def fit_clip(video: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
@@ -92,14 +126,7 @@ class FolderStream:
     def __init__(self, root: str, captions: str | None, frames: int, height: int, width: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, log=print):
         root_p = Path(root)
-        if captions is None:
-            found = [root_p / n for n in ("captions.csv", "captions.jsonl", "captions.tsv") if (root_p / n).is_file()]
-            if not found:
-                raise ConfigError(f"data.captions not set and {root_p} has no captions.csv / captions.jsonl")
-            captions_p = found[0]
-        else:
-            captions_p = Path(captions)
-        self.clips = read_caption_table(captions_p, root_p)
+        self.clips = read_caption_table(captions_file(root_p, captions), root_p)
         self.frames, self.height, self.width = frames, height, width
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.position = 0  # clips consumed by this rank

@@ -13,7 +13,6 @@ instead of patching this module.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,26 +31,10 @@ from .config import Recipe
 from .errors import ConfigError, TrainingError, TrainingInterrupted
 from .motion import MotionGuidance
 from .names import torch_dtype
-from .run_folder import RunFolder, StopSignals
-from .safeio import atomic_path
+from .run_folder import RunFolder, StopSignals, log_line, progress_bar
 from .step import DistillStep, EMATarget
 from .student import make_student, save_student, student_state_dict, trainable_parameters
 from .train_state import rng_state, set_rng_state
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``; a no-op elsewhere). Freed weights of a few
-    MB each come from the heap once glibc's mmap threshold has grown, and stay resident without it: at mid size,
-    of the 484 MiB of reward text towers that ``train.cache_text`` frees, 168 MiB left the process without the
-    trim and 465 MiB with it."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): the allocator keeps its own counsel
-        pass
 
 
 class Distiller:
@@ -109,10 +92,7 @@ class Distiller:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        r = self.recipe
-        if r.model.dtype != "float32" and r.train.mixed_precision == "no":
-            raise ConfigError(f"model.dtype {r.model.dtype} needs train.mixed_precision "
-                              f"{'bf16' if r.model.dtype == 'bfloat16' else 'fp16'} (the LoRA weights train in fp32)")
+        r = self.recipe  # its values were checked when it was built (t2vturbo.recipe_checks)
         if r.train.num_threads:
             torch.set_num_threads(r.train.num_threads)
         cpu = r.model.device == "cpu" or (r.model.device == "auto" and not torch.cuda.is_available())
@@ -134,7 +114,11 @@ class Distiller:
         self.motion = MotionGuidance(m.scale, m.percentage, m.loss_scale) if m.scale > 0 else None
         if self.motion is not None:  # T2V-Turbo-v2: the student learns the motion guidance scale as an input
             teacher.add_motion_condition()  # a family that cannot learn it refuses first: no shape fixes that
-        teacher.latent_shape(r.video.frames, r.video.height, r.video.width)  # a shape it cannot take: one line now
+        v = r.video
+        try:  # a clip shape the family cannot take: one line naming the recipe keys, before any work
+            teacher.latent_shape(v.frames, v.height, v.width)
+        except ConfigError as err:
+            raise ConfigError(f"video.frames/height/width {v.frames}x{v.height}x{v.width}: {err}") from None
         self.network = teacher.network
         for p in trainable_parameters(self.network):
             p.data = p.data.float()  # trainable weights stay fp32 even over a bf16 base
@@ -176,7 +160,7 @@ class Distiller:
         freed = self.teacher.release_text_encoder(_rewards.prompt_table(self.teacher.encode_text, prompts))
         for _, model in self.rewards:
             freed += model.cache_prompts(prompts)
-        _return_freed_memory()
+        _rewards.return_freed_memory()
         self.log(f"text cache: {len(prompts)} prompts encoded once; {freed / 2**20:.0f} MiB of text-encoder "
                  "weights freed")
         return freed
@@ -229,15 +213,6 @@ class Distiller:
         return TrainingInterrupted(f"{name} at step {self.step}: {saved}; run the same command with --resume to go "
                                    "on", where, self.step)
 
-    def _log_line(self, row: dict, seconds: list[float]) -> None:
-        """One plain line (no terminal needed): step, loss, rewards, s/step, ETA."""
-        r = self.recipe
-        per = sum(seconds[-20:]) / max(1, len(seconds[-20:]))
-        eta = per * (r.train.max_steps - self.step)
-        rewards = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("reward/"))
-        self.log(f"step {self.step}/{r.train.max_steps} loss {row['loss']:.4f} loss_cd {row.get('loss_cd', 0):.4f}"
-                 + (f" {rewards}" if rewards else "") + f" {per:.2f} s/step ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-
     def _skip_nonfinite(self, metrics: dict) -> None:
         """A non-finite loss: the step is skipped and logged; ``train.max_nonfinite`` in a row stop the run."""
         r = self.recipe
@@ -256,7 +231,7 @@ class Distiller:
 
     def train(self) -> None:
         r = self.recipe
-        progress = self._progress()
+        progress = progress_bar() if self.is_main and self.show_progress else None
         task = progress.add_task("distill", total=r.train.max_steps, completed=self.step) if progress else None
         log_every = max(1, min(50, r.train.max_steps // 20))
         seconds: list[float] = []
@@ -289,7 +264,7 @@ class Distiller:
                     if progress:
                         progress.update(task, completed=self.step, description=f"distill loss {row['loss']:.4f}")
                     elif self.is_main and (self.step % log_every == 0 or self.step == r.train.max_steps):
-                        self._log_line(row, seconds)
+                        self.log(log_line(row, r.train.max_steps, seconds))
                     if self.step % r.train.checkpoint_every == 0 or self.step == r.train.max_steps:
                         self.save_checkpoint()
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread's handler
@@ -297,21 +272,6 @@ class Distiller:
         finally:
             if progress:
                 progress.stop()
-
-    def _progress(self):
-        if not (self.is_main and self.show_progress):
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), transient=False)
 
     def _log_metrics(self, row: dict) -> None:
         if self.is_main:
@@ -402,15 +362,21 @@ class Distiller:
 
     def write_rank_summary(self) -> Path:
         """Every rank writes rank-<r>.json: a hash of its student weights (identical across ranks under DDP)."""
-        h = hashlib.sha256()
-        for name, tensor in sorted(student_state_dict(self.teacher).items()):
-            h.update(name.encode())
-            h.update(tensor.float().numpy().tobytes())
-        path = self.out / f"rank-{self.rank}.json"
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"rank": self.rank, "world_size": self.world, "step": self.step,
-                                       "student_sha256": h.hexdigest(), "data": self.stream.state_dict()}) + "\n")
-        return path
+        return self.folder.write_rank_summary(self.rank, self.world, self.step, student_state_dict(self.teacher),
+                                              self.stream.state_dict())
+
+    def check(self) -> dict | None:
+        """The run's own evidence on the tiny world: its 4-step student judged on every caption, beside the
+        teacher's recorded figure (check.json; :func:`t2vturbo.tiny.check.quick_check`, None elsewhere)."""
+        if not self.is_main:
+            return None
+        from .tiny.check import quick_check
+
+        self.network.eval()
+        try:
+            return quick_check(self.teacher, self.recipe, self.out, log=self.log)
+        finally:
+            self.network.train()
 
     def run(self) -> Path | None:
         self.setup()
@@ -419,6 +385,7 @@ class Distiller:
         path = self.save_final()
         self.write_samples()
         self.plot_curves()
+        self.check()
         self.acc.end_training()
         return path
 

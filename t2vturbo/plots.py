@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+#: steps in the moving average of every curve
+WINDOW = 10
+
 
 def plot_metrics(metrics: Path, out: Path) -> Path | None:
-    """Plot loss, loss_cd and every reward/* column against step; returns the PNG path (None if no rows)."""
+    """Plot loss_cd, loss (when rewards make it differ) and every reward/* column against step, each as a moving
+    average (the losses over their raw values, drawn faint); returns the PNG path (None if no rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,21 +24,24 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     if not rows:
         return None
     reward_keys = sorted({k for r in rows for k in r if k.startswith("reward/")})
-    fig, axes = plt.subplots(1, 1 + bool(reward_keys), figsize=(5 + 5 * bool(reward_keys), 3.6), squeeze=False)
-    steps = [r["step"] for r in rows]
+    panels = 1 + 2 * bool(reward_keys)  # consistency loss; with rewards also the total loss and the rewards
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
     ax = axes[0][0]
-    ax.plot(steps, [r["loss_cd"] for r in rows], label="consistency loss", lw=1)
+    _smoothed(ax, *_series(rows, "loss_cd"), "consistency loss")
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title("consistency loss")
+    ax.set_title(f"consistency loss (moving average, {WINDOW} steps)")
     if reward_keys:
-        ax2 = axes[0][1]
+        ax = axes[0][1]
+        _smoothed(ax, *_series(rows, "loss"), "loss")
+        ax.set_title(f"loss = consistency - rewards (moving average, {WINDOW} steps)", fontsize="medium")
+        ax = axes[0][2]
         for k in reward_keys:
-            pts = [(r["step"], r[k]) for r in rows if k in r]
-            ax2.plot([p[0] for p in pts], _smooth([p[1] for p in pts]), label=k.split("/", 1)[1], lw=1)
-        ax2.set_xlabel("step")
-        ax2.set_title("rewards (moving average)")
-        ax2.legend()
+            steps, values = _series(rows, k)
+            ax.plot(steps, moving_average(values), label=k.split("/", 1)[1], lw=1)
+        ax.set_title(f"rewards (moving average, {WINDOW} steps)")
+        ax.legend()
+    for ax in axes[0]:
+        ax.set_xlabel("step")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -42,7 +49,20 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     return out
 
 
-def _smooth(xs: list[float], k: int = 10) -> list[float]:
+def _series(rows: list[dict], key: str) -> tuple[list, list[float]]:
+    """(steps, values) of the rows that have ``key``."""
+    pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _smoothed(ax, steps: list, values: list[float], label: str) -> None:
+    """The raw values faint, their moving average over them."""
+    line = ax.plot(steps, values, lw=0.6, alpha=0.3)[0]
+    ax.plot(steps, moving_average(values), lw=1.3, color=line.get_color(), label=label)
+
+
+def moving_average(xs: list[float], k: int = WINDOW) -> list[float]:
+    """Trailing mean over the last ``k`` values (fewer at the start): one value per input."""
     out, acc = [], []
     for x in xs:
         acc.append(x)

@@ -62,6 +62,21 @@ class RewardModel(nn.Module):
         return freed
 
 
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``; a no-op elsewhere). Freed weights of a few
+    MB each come from the heap once glibc's mmap threshold has grown, and stay resident without it: at mid size,
+    of the 484 MiB of reward text towers that ``train.cache_text`` frees, 168 MiB left the process without the
+    trim and 465 MiB with it."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): the allocator keeps its own counsel
+        pass
+
+
 def prompt_table(encode: Callable[[list[str]], torch.Tensor], prompts: list[str],
                  batch_size: int = 32) -> dict[str, torch.Tensor]:
     """{prompt: features} for each distinct prompt, encoded by ``encode`` in batches, without gradient."""

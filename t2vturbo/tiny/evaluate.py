@@ -83,10 +83,25 @@ def _split(items: list, n: int) -> list[list]:
 
 
 @torch.no_grad()
+def sample_batched(parts, prompts: list[str], seeds: list[int], *, mode: str, steps: int, guidance: float,
+                   frames: int, height: int, width: int, batch_size: int = 48) -> tuple[torch.Tensor, float]:
+    """Sample ``prompts[i]`` with generator seed ``seeds[i]``, ``batch_size`` videos at a time: (videos, seconds)."""
+    from ..sampling import sample_video
+
+    videos, seconds = [], 0.0
+    for i in range(0, len(prompts), batch_size):
+        t0 = time.perf_counter()
+        out = sample_video(parts, prompts[i : i + batch_size], steps=steps, guidance=guidance, mode=mode,
+                           frames=frames, height=height, width=width, seed=seeds[i : i + batch_size])
+        seconds += time.perf_counter() - t0
+        videos.append(out.videos)
+    return torch.cat(videos), seconds
+
+
+@torch.no_grad()
 def generate(variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 48) -> tuple[torch.Tensor, list[str], float]:
     """Sample every prompt with every seed: (videos, captions, seconds per video)."""
     from ..formats import load_merged_student
-    from ..sampling import sample_video
     from ..teachers import load_teacher
 
     parts = load_teacher(variant.teacher)
@@ -95,16 +110,10 @@ def generate(variant: Variant, prompts: list[str], seeds: list[int], batch_size:
     shape = parts.native_video()
     # video (prompt k, seed s) uses generator seed s * 1000 + k
     jobs = [(p, s * 1000 + k) for s in seeds for k, p in enumerate(prompts)]
-    videos, seconds = [], 0.0
-    for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i : i + batch_size]
-        t0 = time.perf_counter()
-        out = sample_video(parts, [p for p, _ in chunk], steps=variant.steps, guidance=variant.guidance,
-                           mode=variant.mode, frames=shape["frames"], height=shape["height"], width=shape["width"],
-                           seed=[g for _, g in chunk])
-        seconds += time.perf_counter() - t0
-        videos.append(out.videos)
-    return torch.cat(videos), [p for p, _ in jobs], seconds / len(jobs)
+    videos, seconds = sample_batched(parts, [p for p, _ in jobs], [g for _, g in jobs], mode=variant.mode,
+                                     steps=variant.steps, guidance=variant.guidance, frames=shape["frames"],
+                                     height=shape["height"], width=shape["width"], batch_size=batch_size)
+    return videos, [p for p, _ in jobs], seconds / len(jobs)
 
 
 def evaluate(variant: Variant, prompts: list[str], seeds: list[int], rewards: dict | None = None,
