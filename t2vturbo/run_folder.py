@@ -83,6 +83,21 @@ class RunFolder:
         where = str(found[-1][1]) if found else None
         return where, (f"checkpoint {where} (step {found[-1][0]})" if found else "no checkpoint yet (step 0)")
 
+    def write_rank_summary(self, rank: int, world: int, step: int, student: dict, data: dict) -> Path:
+        """rank-<r>.json: the rank's step, data position and a hash of its student weights (``student``: name ->
+        tensor), identical across ranks under DDP."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, tensor in sorted(student.items()):
+            h.update(name.encode())
+            h.update(tensor.float().numpy().tobytes())
+        path = self.out / f"rank-{rank}.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"rank": rank, "world_size": world, "step": step,
+                                       "student_sha256": h.hexdigest(), "data": data}) + "\n")
+        return path
+
     # ------------------------------------------------------------------ metrics
     def append_metrics(self, row: dict) -> None:
         with open(self.metrics, "a") as fh:
@@ -119,3 +134,27 @@ class StopSignals:
         for sig, old in self.saved.items():
             signal.signal(sig, old)
         return False
+
+
+def log_line(row: dict, max_steps: int, seconds: list[float]) -> str:
+    """One plain progress line (no terminal needed): step, loss, rewards, s/step over the last 20, ETA."""
+    per = sum(seconds[-20:]) / max(1, len(seconds[-20:]))
+    eta = per * (max_steps - row["step"])
+    rewards = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("reward/"))
+    return (f"step {row['step']}/{max_steps} loss {row['loss']:.4f} loss_cd {row.get('loss_cd', 0):.4f}"
+            + (f" {rewards}" if rewards else "") + f" {per:.2f} s/step ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+
+
+def progress_bar():
+    """The rich progress bar a run shows on a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False)

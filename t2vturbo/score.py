@@ -181,8 +181,12 @@ def score_videos(
             models.append((item, load_reward(item, checkpoint=checkpoints.get(item), device=device, dtype=dtype,
                                              **reward_options.get(item, {}))))
 
+    def frames_for(count: int, model: torch.nn.Module) -> list[int]:  # max_frames caps image rewards only
+        return reward_frame_indices(count, model,
+                                    None if getattr(model, "kind", "image") == "video" else max_frames)
+
     def pick(count: int) -> list[int]:  # every frame any reward scores
-        return sorted({j for _, m in models for j in reward_frame_indices(count, m, max_frames)})
+        return sorted({j for _, m in models for j in frames_for(count, m)})
 
     buckets: dict[tuple[int, tuple[int, ...]], list[tuple[Path, torch.Tensor]]] = {}
 
@@ -208,7 +212,7 @@ def score_videos(
         entries[video].frames = count
         pos = {j: k for k, j in enumerate(indices)}
         for i, (_, model) in enumerate(models):
-            chosen = frames[[pos[j] for j in reward_frame_indices(count, model, max_frames)]]
+            chosen = frames[[pos[j] for j in frames_for(count, model)]]
             key = (i, tuple(chosen.shape))
             buckets.setdefault(key, []).append((video, chosen))
             if len(buckets[key]) >= batch_size:

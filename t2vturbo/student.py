@@ -120,6 +120,7 @@ def make_student(teacher: Teacher, lora: LoraSettings, guidance_embed_dim: int =
     net = teacher.network
     net.requires_grad_(False)
     inject_adapter_in_model(resolve_lora_config(teacher, lora), net, adapter_name=ADAPTER)
+    net.train(net.training)  # peft makes its modules (LoRA dropout) in training mode: follow the network's mode
     if guidance_projection(teacher) is None:
         add_guidance_projection(teacher, guidance_embed_dim)
     key = teacher.guidance_key

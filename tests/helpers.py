@@ -59,3 +59,15 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def unet_teacher(unet, default_fps: int | None = None, **fields):
+    """A UNet3D teacher around a bare ``unet`` (no VAE, text encoder or schedule): enough for the student surgery
+    and the family's student formats. ``default_fps`` marks an fps-conditioned UNet, as loading one does."""
+    from t2vturbo.teachers import UNet3DTeacher
+
+    if default_fps is None and getattr(unet, "fps_embedding", None) is not None:
+        default_fps = int(unet.fps_embedding.default_fps)
+    return UNet3DTeacher(unet=unet, vae=fields.pop("vae", None), text_encoder=fields.pop("text_encoder", None),
+                         tokenizer=fields.pop("tokenizer", None), schedule=fields.pop("schedule", None),
+                         default_fps=default_fps, **fields)

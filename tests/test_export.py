@@ -22,13 +22,13 @@ GUIDANCE = 6.0
 def student(tmp_path_factory):
     """A tiny student with non-zero LoRA ups and guidance projection, saved as `t2vturbo distill` does."""
     parts = load_teacher("tiny")
-    make_student(parts.unet, LoraSettings(rank=4, alpha=8))  # scale 2: exports must carry it
+    make_student(parts, LoraSettings(rank=4, alpha=8, dropout=0.0))  # scale 2: exports must carry it
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, p in parts.unet.named_parameters():
             if "lora_B" in name or "cond_proj" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    folder = save_student(parts.unet, tmp_path_factory.mktemp("student") / "student", {"base_model": "tiny"})
+    folder = save_student(parts, tmp_path_factory.mktemp("student") / "student", {"base_model": "tiny"})
     return folder, parts
 
 
@@ -137,8 +137,8 @@ def test_fold_fps_is_exact():
     """VideoCrafter2's fps embedding at a fixed fps becomes a time_embedding.linear_2 bias."""
     from diffusers import UNet3DConditionModel
 
-    from t2vturbo.export import fold_fps
     from t2vturbo.teachers import FPSEmbedding, attach_fps_embedding, call_unet
+    from t2vturbo.teachers.unet3d_files import fold_fps
     from t2vturbo.tiny.teacher import UNET_CONFIG
 
     torch.manual_seed(0)
@@ -156,14 +156,14 @@ def test_fold_fps_is_exact():
 
 
 def test_failed_export_leaves_no_folder(student, tmp_path, monkeypatch):
-    import t2vturbo.export as export
+    import t2vturbo.teachers.unet3d_files as unet3d_files
 
     def broken(parts, folder, *args, **kwargs):
         (folder / "unet").mkdir(parents=True)
         (folder / "unet" / "half.bin").write_bytes(b"x")
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "write_diffusers_pipeline", broken)
+    monkeypatch.setattr(unet3d_files, "write_diffusers_pipeline", broken)
     with pytest.raises(OSError, match="disk full"):
         export_student(student[0], format="diffusers", out_dir=tmp_path / "pipe")
     assert list(tmp_path.iterdir()) == []
@@ -184,7 +184,7 @@ def test_cli_export_official_list(tmp_path):
     from t2vturbo_cli.main import app
     from typer.testing import CliRunner
 
-    from t2vturbo.formats import ms_official_module_names
+    from t2vturbo.teachers.unet3d_files import ms_official_module_names
 
     unet = load_teacher("tiny").unet
     gen = torch.Generator().manual_seed(0)

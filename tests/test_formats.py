@@ -9,19 +9,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import shared_path
+from helpers import unet_teacher
 from torch import nn
 
 from t2vturbo.errors import CheckpointError
-from t2vturbo.formats import (
+from t2vturbo.formats import detect_student_format, load_any_student
+from t2vturbo.safeio import load_weights
+from t2vturbo.student import add_guidance_projection, merge_lora
+from t2vturbo.teachers.unet3d_files import (
     GUIDANCE_MODULE,
     GUIDANCE_PROJECTION_SEED,
-    detect_student_format,
-    load_any_student,
     load_official_lora,
     ms_official_module_names,
 )
-from t2vturbo.safeio import load_weights
-from t2vturbo.student import add_guidance_projection, merge_lora
 from t2vturbo.tiny.teacher import UNET_CONFIG
 
 
@@ -51,12 +51,12 @@ def tiny_parts():
     from diffusers import UNet3DConditionModel
 
     torch.manual_seed(0)
-    return SimpleNamespace(unet=UNet3DConditionModel(**UNET_CONFIG).eval())
+    return unet_teacher(UNet3DConditionModel(**UNET_CONFIG).eval())
 
 
 def fresh_parts(tiny_parts):
     """A copy of the tiny teacher parts with an untouched UNet."""
-    return SimpleNamespace(unet=copy.deepcopy(tiny_parts.unet))
+    return unet_teacher(copy.deepcopy(tiny_parts.unet))
 
 
 def unet_inputs(unet, seed=1):
@@ -74,7 +74,8 @@ def test_official_list_merges_to_w_plus_up_down(tiny_parts, tmp_path):
     torch.save(tensors, path)
     assert detect_student_format(path) == "official"
 
-    unet = load_any_student(path, parts)
+    load_any_student(path, parts)
+    unet = parts.unet
     names = ms_official_module_names(tiny_parts.unet)
     assert unet.time_embedding.cond_proj is not None
 
@@ -92,7 +93,7 @@ def test_official_list_merges_to_w_plus_up_down(tiny_parts, tmp_path):
 
     # the re-created guidance projection: nn.Linear default init from the documented seed
     c0 = unet.time_embedding.linear_1.in_features
-    expected_proj = add_guidance_projection(_stub_unet(c0), 256, init="kaiming", seed=GUIDANCE_PROJECTION_SEED).weight
+    expected_proj = add_guidance_projection(_stub_teacher(c0), 256, init="kaiming", seed=GUIDANCE_PROJECTION_SEED).weight
     merged = unet.state_dict()
     for i, name in enumerate(names):
         up, down = tensors[2 * i], tensors[2 * i + 1]
@@ -103,12 +104,12 @@ def test_official_list_merges_to_w_plus_up_down(tiny_parts, tmp_path):
     assert "time_embedding.cond_proj.weight" in merged
 
 
-def _stub_unet(channels):
-    """Just enough of a UNet for add_guidance_projection (time_embedding.linear_1 with ``channels`` inputs)."""
-    stub = nn.Module()
-    stub.time_embedding = nn.Module()
-    stub.time_embedding.linear_1 = nn.Linear(channels, 4)
-    return stub
+def _stub_teacher(channels):
+    """Just enough of a teacher for add_guidance_projection: its guidance embedder has a linear_1 with
+    ``channels`` inputs."""
+    embedder = nn.Module()
+    embedder.linear_1 = nn.Linear(channels, 4)
+    return SimpleNamespace(guidance_embedder=lambda: embedder)
 
 
 @pytest.mark.parametrize("cut, pair", [(-2, r"pair {last} \(conv_out\) is missing"),
@@ -119,7 +120,7 @@ def test_short_list_names_first_missing_pair(tiny_parts, tmp_path, cut, pair):
     torch.save(tensors[:cut], path)
     last = len(tensors) // 2 - 1
     with pytest.raises(CheckpointError, match=f"has {len(tensors) + cut} tensors .*" + pair.format(last=last)):
-        load_official_lora(path, fresh_parts(tiny_parts).unet)
+        load_official_lora(path, fresh_parts(tiny_parts))
 
 
 def test_long_list_refused(tiny_parts, tmp_path):
@@ -127,11 +128,12 @@ def test_long_list_refused(tiny_parts, tmp_path):
     path = tmp_path / "unet_lora.pt"
     torch.save(tensors + tensors[:2], path)
     with pytest.raises(CheckpointError, match=r"extra tensors after pair \d+ \(conv_out\)"):
-        load_official_lora(path, fresh_parts(tiny_parts).unet)
+        load_official_lora(path, fresh_parts(tiny_parts))
 
 
 def test_mismatched_shape_names_first_bad_pair(tiny_parts, tmp_path):
-    unet = fresh_parts(tiny_parts).unet
+    parts = fresh_parts(tiny_parts)
+    unet = parts.unet
     names = ms_official_module_names(unet)
     tensors = official_list(unet)
     bad = 7
@@ -140,7 +142,7 @@ def test_mismatched_shape_names_first_bad_pair(tiny_parts, tmp_path):
     path = tmp_path / "unet_lora.pt"
     torch.save(tensors, path)
     with pytest.raises(CheckpointError, match=rf"pair {bad} \({names[bad]}, "):
-        load_official_lora(path, unet)
+        load_official_lora(path, parts)
     assert not any("lora_A" in n for n, _ in unet.named_modules())  # refused before touching the UNet
 
 
@@ -150,7 +152,7 @@ def test_not_a_list_refused(tiny_parts, tmp_path):
     with pytest.raises(CheckpointError, match="list of tensors"):
         detect_student_format(path)
     with pytest.raises(CheckpointError, match="list of tensors"):
-        load_official_lora(path, fresh_parts(tiny_parts).unet)
+        load_official_lora(path, fresh_parts(tiny_parts))
 
 
 def test_vc2_unet_gets_the_vc2_order_and_fps_pairs_merged(tiny_parts, tmp_path):
@@ -163,6 +165,7 @@ def test_vc2_unet_gets_the_vc2_order_and_fps_pairs_merged(tiny_parts, tmp_path):
     c0 = unet.config.block_out_channels[0]
     torch.manual_seed(1)
     attach_fps_embedding(unet, FPSEmbedding(c0, 4 * c0))
+    parts.default_fps = int(unet.fps_embedding.default_fps)  # fps-conditioned, as loading such a folder says
     names = vc2_lora_module_names(layout_of(unet))
     assert names[:5] == ["time_embedding.linear_1", "time_embedding.linear_2", "fps_embedding.linear_1",
                          "fps_embedding.linear_2", GUIDANCE_MODULE]
@@ -195,7 +198,7 @@ def test_reproduces_reference_fixture():
     order = [e["module"] for e in json.loads((folder / "lora_order.json").read_text())]
     assert ms_official_module_names(unet) == order
 
-    load_official_lora(folder / "unet_lora.pt", unet)
+    load_official_lora(folder / "unet_lora.pt", unet_teacher(unet))
     inputs = load_weights(folder / "inputs.safetensors")
     expected = load_weights(folder / "expected.safetensors")
 

@@ -3,6 +3,7 @@ motion-guided ODE step, and a student that learns the motion projections and sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_recording_the_temporal_attention_keeps_the_forward(parts):
 
 
 def test_motion_energy_vanishes_on_the_reference_and_its_score_is_the_gradient(parts):
-    from t2vturbo.motion_prior import motion_prior_score
+    from t2vturbo.motion import motion_prior_score
 
     unet = parts.unet.double()
     try:
@@ -87,7 +88,7 @@ def test_motion_energy_vanishes_on_the_reference_and_its_score_is_the_gradient(p
 
 
 def test_inversion_follows_the_reference_reverse_step_up_to_each_index(parts):
-    from t2vturbo.motion_prior import invert_latents
+    from t2vturbo.motion import invert_latents
 
     x0, cond = _inputs(parts, seed=2)
     solver = torch.tensor([99, 199, 299, 399])  # N = 10 of T = 1000: step ratio 100
@@ -107,7 +108,7 @@ def test_inversion_follows_the_reference_reverse_step_up_to_each_index(parts):
 
 
 def test_guided_noise_is_the_reference_form():
-    from t2vturbo.motion_prior import guided_noise
+    from t2vturbo.motion import guided_noise
 
     eps, score = torch.ones(2, 1, 1, 1, 1), torch.full((2, 1, 1, 1, 1), 2.0)
     abar = torch.tensor([0.25, 0.81])
@@ -135,7 +136,7 @@ def test_distilling_with_motion_trains_the_projections_and_the_student_samples_w
         "train.gradient_checkpointing": True})  # the score's backward then recomputes the recorded attention
     d = Distiller(load_recipe(TINY, ov), tmp_path / "run", progress=False, log=lambda m: None)
     d.setup()
-    motion = d.unet.motion_condition
+    motion = d.network.motion_condition
     assert float(motion.motion_cond_proj.weight.detach().abs().max()) == 0.0  # starts as a no-op
     assert all(p.requires_grad for p in motion.parameters())
     trained = {id(p) for g in d.optimizer.param_groups for p in g["params"]}
@@ -145,48 +146,53 @@ def test_distilling_with_motion_trains_the_projections_and_the_student_samples_w
     gen = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 4, 3, 32, 32, generator=gen)
     with torch.no_grad():
-        latents = d.parts.encode_video(pixels)
-        cond = d.parts.encode_text(["a red ball", "a red ball"])
-    uncond = d.uncond.expand(2, -1, -1)
+        latents = d.teacher.encode_video(pixels)
+        cond = d.teacher.encode_text(["a red ball", "a red ball"])
+    step = d.stepper
+    uncond = step.uncond.expand(2, -1, -1)
     index = torch.tensor([9, 3])  # percentage 1.0: both active
-    t_start = d.solver_t[index]
-    t_end = d.schedule.solver_end(t_start, 100, d.solver_t)
-    x_t = d.schedule.add_noise(latents, torch.randn(latents.shape, generator=gen), t_start)
+    t_start = step.solver_t[index]
+    t_end = step.schedule.solver_end(t_start, 100, step.solver_t)
+    x_t = step.schedule.add_noise(latents, torch.randn(latents.shape, generator=gen), t_start)
     w = torch.tensor([6.0, 6.0])
     from t2vturbo.consistency import guidance_embedding
 
     w_emb = guidance_embedding(w, 256)
-    inputs = d._motion_inputs(index, latents)
-    assert inputs["scale"].tolist() == pytest.approx([0.05, 0.05])
-    plain_prev, _ = d.teacher_and_target(x_t, t_start, t_end, cond, uncond, w, w_emb, None, None)
-    off = dict(inputs, active=torch.tensor([False, True]))
-    off["scale"] = torch.tensor([0.0, 0.05])
-    guided_prev, _ = d.teacher_and_target(x_t, t_start, t_end, cond, uncond, w, w_emb, None, off)
+    from t2vturbo.motion import motion_step_inputs
+
+    inputs = motion_step_inputs(d.motion, index, latents, d.recipe.distill.num_ddim_timesteps,
+                                d.recipe.distill.guidance_embed_dim)
+    assert inputs.scale.tolist() == pytest.approx([0.05, 0.05])
+    plain_prev, _ = step.teacher_and_target(x_t, t_start, t_end, cond, uncond, w, w_emb, None, None)
+    off = dataclasses.replace(inputs, active=torch.tensor([False, True]))
+    off.scale = torch.tensor([0.0, 0.05])
+    guided_prev, _ = step.teacher_and_target(x_t, t_start, t_end, cond, uncond, w, w_emb, None, off)
     torch.testing.assert_close(guided_prev[0], plain_prev[0])  # inactive sample: unchanged
     assert float((guided_prev[1] - plain_prev[1]).abs().max()) > 0
-    assert off["energy"] > 0
+    assert off.energy > 0
 
     # the prior is the teacher's (adapter off), not the student's: checked with a student that differs from it
-    from t2vturbo.motion_prior import guided_noise, invert_latents, motion_prior_score
+    from t2vturbo.motion import guided_noise, invert_latents, motion_prior_score
     from t2vturbo.student import teacher_mode
 
-    saved = {n: p.detach().clone() for n, p in d.unet.named_parameters() if "lora_B" in n}
+    saved = {n: p.detach().clone() for n, p in d.network.named_parameters() if "lora_B" in n}
     with torch.no_grad():
-        for n, p in d.unet.named_parameters():
+        for n, p in d.network.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05, generator=gen)
-    with teacher_mode(d.unet):
-        ref = invert_latents(d.parts, latents, index, d.solver_t, cond)
-        score = motion_prior_score(d.parts, x_t, t_start, ref, cond, None, 100.0)[0]
-    student_score = motion_prior_score(d.parts, x_t, t_start, invert_latents(d.parts, latents, index, d.solver_t, cond),
+    with teacher_mode(d.network):
+        ref = invert_latents(d.teacher, latents, index, step.solver_t, cond)
+        score = motion_prior_score(d.teacher, x_t, t_start, ref, cond, None, 100.0)[0]
+    student_score = motion_prior_score(d.teacher, x_t, t_start,
+                                       invert_latents(d.teacher, latents, index, step.solver_t, cond),
                                        cond, None, 100.0)[0]
     assert float((student_score - score).abs().max()) > 1e-6  # the check below can tell them apart
     zeros = torch.zeros_like(x_t)
-    got = d._motion_guided(zeros, x_t, t_start, cond, None, dict(inputs))
-    abar = d.schedule.alphas_cumprod[t_start]
-    torch.testing.assert_close(got, guided_noise(zeros, score, inputs["scale"], abar), atol=1e-6, rtol=1e-5)
+    got = step.motion_guided(zeros, x_t, t_start, cond, None, dataclasses.replace(inputs))
+    abar = step.schedule.alphas_cumprod[t_start]
+    torch.testing.assert_close(got, guided_noise(zeros, score, inputs.scale, abar), atol=1e-6, rtol=1e-5)
     with torch.no_grad():
-        for n, p in d.unet.named_parameters():
+        for n, p in d.network.named_parameters():
             if n in saved:
                 p.copy_(saved[n])
 
@@ -206,7 +212,7 @@ def test_distilling_with_motion_trains_the_projections_and_the_student_samples_w
     # loading it back: a motion-guided student (the sampler's v2 path), the weights as trained
     fresh = load_teacher("tiny", device="cpu")
     load_any_student(path, fresh)
-    assert fresh.extra.get("v2_motion") is True
+    assert fresh.supports_motion is True
     torch.testing.assert_close(fresh.unet.motion_condition.combine_proj.weight, after["combine_proj.weight"])
 
     # the CLI samples it with its own motion settings, and refuses motion guidance for a v1 student
@@ -235,7 +241,7 @@ def test_a_v1_recipe_has_no_motion_and_a_wan_teacher_refuses_it(clips, tmp_path)
     d = Distiller(load_recipe(TINY, small_distill_overrides(clips, **{"rewards": "[]", "sample.prompts": "[]"})),
                   tmp_path / "v1", progress=False, log=lambda m: None)
     d.setup()
-    assert d.motion is None and not hasattr(d.unet, "motion_condition")
+    assert d.motion is None and not hasattr(d.network, "motion_condition")
     ov = small_distill_overrides(clips, **{"model.teacher": "tiny-wan", "distill.motion.scale": 0.05,
                                            "rewards": "[]", "sample.prompts": "[]"})
     with pytest.raises(ConfigError, match="distill.motion needs a UNet3D-family teacher"):

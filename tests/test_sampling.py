@@ -14,7 +14,7 @@ def parts():
     p.unet.eval()
     p.vae.eval()
     p.text_encoder.eval()
-    make_student(p.unet, LoraSettings(rank=4))
+    make_student(p, LoraSettings(rank=4, dropout=0.0))
     with torch.no_grad():
         for _name, q in p.unet.named_parameters():
             if q.requires_grad:

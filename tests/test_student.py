@@ -3,10 +3,8 @@ import torch
 
 from t2vturbo.consistency import guidance_embedding
 from t2vturbo.student import (
-    GUIDANCE_KEY,
     LoraSettings,
     load_student_weights,
-    lora_target_names,
     make_student,
     read_student,
     save_student,
@@ -33,7 +31,7 @@ def test_fresh_student_equals_teacher_and_shares_weights(inputs):
     with torch.no_grad():
         ref = call_unet(unet, x, t, h)
     base_ptr = unet.conv_in.weight.data_ptr()
-    make_student(unet, LoraSettings(rank=4))
+    make_student(parts, LoraSettings(rank=4, dropout=0.0))
     # the same module: no second copy of the base weights
     assert unet.conv_in.base_layer.weight.data_ptr() == base_ptr
     lora_params = sum(p.numel() for p in trainable_parameters(unet))
@@ -48,13 +46,14 @@ def test_fresh_student_equals_teacher_and_shares_weights(inputs):
 
 def test_adapter_and_guidance_change_output_only_in_student_mode(inputs):
     x, t, h, w = inputs
-    unet = build_tiny_teacher().unet.eval().requires_grad_(False)
+    parts = build_tiny_teacher()
+    unet = parts.unet.eval().requires_grad_(False)
     with torch.no_grad():
         ref = call_unet(unet, x, t, h)
-    make_student(unet, LoraSettings(rank=4))
+    make_student(parts, LoraSettings(rank=4, dropout=0.0))
     with torch.no_grad():
         for name, p in unet.named_parameters():
-            if "lora_B" in name or name == GUIDANCE_KEY:
+            if "lora_B" in name or name == parts.guidance_key:
                 p.normal_(0, 0.02)
         student = call_unet(unet, x, t, h, timestep_cond=w)
         other_w = call_unet(unet, x, t, h, timestep_cond=guidance_embedding(torch.tensor([2.0, 2.0])))
@@ -66,11 +65,12 @@ def test_adapter_and_guidance_change_output_only_in_student_mode(inputs):
 
 
 def test_targets_cover_every_linear_and_conv_with_clamped_rank():
-    unet = build_tiny_teacher().unet
-    names = lora_target_names(unet)
+    parts = build_tiny_teacher()
+    unet = parts.unet
+    names = parts.lora_targets()
     assert "conv_in" in names and "conv_out" in names
     assert "down_blocks.0.temp_convs.0.conv1.2" in names  # Conv3d temporal convs
-    make_student(unet, LoraSettings(rank=8))
+    make_student(parts, LoraSettings(rank=8, dropout=0.0))
     # conv_in has 4 input channels: rank min(8, 4, 64) = 4, as the official files
     assert unet.conv_in.lora_A["default"].weight.shape[0] == 4
     assert unet.down_blocks[0].attentions[0].proj_in.lora_A["default"].weight.shape[0] == 8
@@ -78,41 +78,42 @@ def test_targets_cover_every_linear_and_conv_with_clamped_rank():
 
 def test_save_load_round_trip(tmp_path, inputs):
     x, t, h, w = inputs
-    unet = build_tiny_teacher().unet.eval()
-    make_student(unet, LoraSettings(rank=4))
+    parts = build_tiny_teacher()
+    unet = parts.unet.eval()
+    make_student(parts, LoraSettings(rank=4, dropout=0.0))
     with torch.no_grad():
         for _name, p in unet.named_parameters():
             if p.requires_grad:
                 p.normal_(0, 0.05)
         out = call_unet(unet, x, t, h, timestep_cond=w)
-    folder = save_student(unet, tmp_path / "student", {"base_model": "tiny"})
+    folder = save_student(parts, tmp_path / "student", {"base_model": "tiny"})
     assert (folder / "student.safetensors").is_file() and (folder / "student.json").is_file()
     assert not list(tmp_path.glob(".*tmp"))
     state, meta = read_student(folder)
     assert meta["format"] == "t2vturbo-student" and meta["base_model"] == "tiny"
-    fresh = build_tiny_teacher().unet.eval()
-    load_student_weights(fresh, state, meta)
+    fresh_parts = build_tiny_teacher()
+    fresh = fresh_parts.unet.eval()
+    load_student_weights(fresh_parts, state, meta)
     with torch.no_grad():
         again = call_unet(fresh, x, t, h, timestep_cond=w)
     torch.testing.assert_close(again, out, atol=1e-5, rtol=0)
 
 
 def test_block_checkpointing_gives_the_same_gradients(inputs):
-    from t2vturbo.student import enable_block_checkpointing
-
     x, t, h, w = inputs
     grads = []
     for ckpt in (False, True):
-        unet = build_tiny_teacher().unet
+        parts = build_tiny_teacher()
+        unet = parts.unet
         torch.manual_seed(0)  # same LoRA init in both runs
-        make_student(unet, LoraSettings(rank=4))
+        make_student(parts, LoraSettings(rank=4, dropout=0.0))
         with torch.no_grad():
             for name, p in unet.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.02)
         unet.train()
         if ckpt:
-            assert enable_block_checkpointing(unet) == len(unet.down_blocks) + 1 + len(unet.up_blocks)
+            assert parts.enable_block_checkpointing() == len(unet.down_blocks) + 1 + len(unet.up_blocks)
         call_unet(unet, x, t, h, timestep_cond=w).square().mean().backward()
         grads.append({n: p.grad.clone() for n, p in unet.named_parameters() if p.requires_grad})
     for n in grads[0]:

@@ -82,8 +82,8 @@ def test_distill_with_cache_text_gives_the_same_step_and_frees_the_text_encoder(
     cached, loss_cached, m_cached = one_step(True, tmp_path / "cached")
     assert loss_cached == pytest.approx(loss_plain, rel=1e-5)
     assert m_cached == pytest.approx(m_plain, rel=1e-5)
-    assert plain.parts.text_encoder is not None and cached.parts.text_encoder is None
+    assert plain.teacher.text_encoder is not None and cached.teacher.text_encoder is None
     assert any(line.startswith("text cache: ") and "MiB of text-encoder weights freed" in line for line in logs)
     with pytest.raises(ConfigError, match="is not in the teacher's text cache"):
-        cached.parts.encode_text(["a caption the data does not have"])
+        cached.teacher.encode_text(["a caption the data does not have"])
     assert len(cached.write_samples()) == 1  # sample.prompts are cached too: the end-of-run samples still work

@@ -20,7 +20,7 @@ def test_a_few_steps_on_the_shipped_teacher_raise_each_reward(tmp_path, name, op
                           f"rewards=[{{name: {name}, {options}}}]"])
     d = Distiller(recipe, tmp_path / "run", progress=False, log=lambda m: None)
     d.setup()
-    assert d.parts.name == "tiny" and d.parts.vae_scale != 1.0  # the shipped, trained teacher
+    assert d.teacher.name == "tiny" and d.teacher.vae_scale != 1.0  # the shipped, trained teacher
     pixels, captions = d.stream.next_batch()
     key = f"reward/{name}"
 
@@ -31,7 +31,7 @@ def test_a_few_steps_on_the_shipped_teacher_raise_each_reward(tmp_path, name, op
         return m[key]
 
     before = score()
-    params = [p for p in d.unet.parameters() if p.requires_grad]
+    params = [p for p in d.network.parameters() if p.requires_grad]
     for _ in range(steps):
         d.step = 0
         loss, _ = d.training_step(pixels, captions)
@@ -59,12 +59,12 @@ def test_reward_memory_options_give_the_same_loss_and_gradients(tmp_path):
         d.setup()
         pixels, captions = d.stream.next_batch()
         calls = []
-        decode = d.parts.decode_video
-        d.parts.decode_video = lambda *a, calls=calls, decode=decode, **k: calls.append(1) or decode(*a, **k)
+        decode = d.teacher.decode_video
+        d.teacher.decode_video = lambda *a, calls=calls, decode=decode, **k: calls.append(1) or decode(*a, **k)
         torch.manual_seed(5)  # the LoRA dropout masks
         loss, metrics = d.training_step(pixels, captions)
         loss.backward()
-        grads = torch.cat([p.grad.flatten() for _, p in sorted(d.unet.named_parameters()) if p.grad is not None])
+        grads = torch.cat([p.grad.flatten() for _, p in sorted(d.network.named_parameters()) if p.grad is not None])
         out[name] = (loss.detach(), metrics["reward/tiny-image"], grads, len(calls))
     for a, b in (("checkpointed", "kept"), ("decode-only", "kept"), ("split", "joint")):
         torch.testing.assert_close(out[a][0], out[b][0], atol=1e-6, rtol=1e-5)
@@ -97,7 +97,7 @@ def test_rewards_in_bfloat16_train_and_a_bad_dtype_is_one_line(tmp_path):
             loss.backward()
             d.optimizer.step()
             d.optimizer.zero_grad(set_to_none=True)
-        trained = [p for p in d.unet.parameters() if p.requires_grad]
+        trained = [p for p in d.network.parameters() if p.requires_grad]
         assert torch.isfinite(loss) and all(p.dtype == torch.float32 for p in trained)
         scores[dtype] = metrics["reward/tiny-image"], metrics["reward/tiny-video"]
     for a, b in zip(scores["float32"], scores["bfloat16"], strict=True):

@@ -65,7 +65,7 @@ def test_rewards_see_clamped_frames_during_distillation(tmp_path):
     pixels, captions = d.stream.next_batch()
     # make the single-step prediction decode far out of range: scale the guidance projection's output up
     with torch.no_grad():
-        d.unet.time_embedding.cond_proj.weight.normal_(0, 50.0)
+        d.network.time_embedding.cond_proj.weight.normal_(0, 50.0)
     loss, _ = d.training_step(pixels, captions)
     assert SEEN, "the reward was not called"
     lo, hi = SEEN[-1]
@@ -77,39 +77,40 @@ def test_teacher_and_target_passes_are_deterministic_in_train_mode(tmp_path):
     ov = small_distill_overrides(clips, steps=1, **{"lora.dropout": 0.5, "sample.prompts": "[]"})
     d = Distiller(load_recipe(TINY, ov), tmp_path / "run", log=lambda m: None, progress=False)
     d.setup()
-    assert d.unet.training
-    drop = [m for m in d.base_dropouts if m.p > 0]
+    step = d.stepper
+    assert d.network.training
+    drop = [m for m in step.base_dropouts if m.p > 0]
     assert drop, "the tiny UNet carries diffusers' Dropout(0.1) in its temporal convs"
-    assert any(m.p > 0 for m in d.lora_dropouts)
+    assert any(m.p > 0 for m in step.lora_dropouts)
     gen = torch.Generator().manual_seed(0)
     x_t = torch.randn(1, 4, 4, 16, 16, generator=gen)
     t_start, t_end = torch.tensor([499]), torch.tensor([479])
     from t2vturbo.consistency import guidance_embedding
     from t2vturbo.teachers import encode_prompts
 
-    cond = encode_prompts(d.parts, ["a red circle moving left"])
+    cond = encode_prompts(d.teacher, ["a red circle moving left"])
     w = torch.tensor([6.0])
     with torch.no_grad():  # a non-zero adapter, so the target's LoRA path (and its dropout) matters
-        for n, p in d.unet.named_parameters():
+        for n, p in d.network.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    args = (x_t, t_start, t_end, cond, d.uncond, w, guidance_embedding(w, 256), None)
-    a = d.teacher_and_target(*args)
-    b = d.teacher_and_target(*args)
+    args = (x_t, t_start, t_end, cond, step.uncond, w, guidance_embedding(w, 256), None)
+    a = step.teacher_and_target(*args)
+    b = step.teacher_and_target(*args)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert d.unet.training and all(m.training for m in d.lora_dropouts)  # flags restored for the student pass
+    assert d.network.training and all(m.training for m in step.lora_dropouts)  # flags restored for the student pass
     # and the student's own forward still has LoRA dropout: two passes differ
     from t2vturbo.teachers import call_unet
 
     emb = guidance_embedding(w, 256)
     with torch.no_grad():
-        s1 = call_unet(d.unet, x_t, t_start, cond, timestep_cond=emb)
-        s2 = call_unet(d.unet, x_t, t_start, cond, timestep_cond=emb)
+        s1 = call_unet(d.network, x_t, t_start, cond, timestep_cond=emb)
+        s2 = call_unet(d.network, x_t, t_start, cond, timestep_cond=emb)
     assert not torch.equal(s1, s2)
 
 
 def test_sampling_defaults_come_from_the_student_then_the_model():
-    from t2vturbo.sampling import sampling_defaults
+    from t2vturbo.defaults import sampling_defaults
     from t2vturbo.teachers import load_teacher
     from t2vturbo.tiny import teacher as tiny
 
@@ -117,12 +118,12 @@ def test_sampling_defaults_come_from_the_student_then_the_model():
     native = parts.native_video()
     assert native == {"frames": tiny.FRAMES, "height": tiny.HEIGHT, "width": tiny.WIDTH, "fps": tiny.FPS}
     t = sampling_defaults(parts, None, "teacher")
-    assert (t["steps"], t["guidance"], t["frames"], t["height"]) == (50, tiny.TEACHER_GUIDANCE, 8, tiny.HEIGHT)
+    assert (t.steps, t.guidance, t.frames, t.height) == (50, tiny.TEACHER_GUIDANCE, 8, tiny.HEIGHT)
     meta = {"video": {"frames": 6, "height": 16, "width": 20, "fps": 4}, "default_guidance": 3.0, "default_steps": 2}
     s = sampling_defaults(parts, meta, "student")
-    assert (s["frames"], s["height"], s["width"], s["fps"], s["guidance"], s["steps"]) == (6, 16, 20, 4, 3.0, 2)
+    assert (s.frames, s.height, s.width, s.fps, s.guidance, s.steps) == (6, 16, 20, 4, 3.0, 2)
     bare = sampling_defaults(parts, {}, "student")
-    assert bare["steps"] == 4 and bare["frames"] == tiny.FRAMES
+    assert bare.steps == 4 and bare.frames == tiny.FRAMES
 
 
 def test_diffusers_folder_native_shape_from_sample_size_and_vae_factor(tmp_path):
@@ -157,10 +158,10 @@ def test_sample_cli_uses_the_students_recorded_shape(tmp_path):
     from t2vturbo.video import read_video
 
     parts = load_teacher("tiny")
-    make_student(parts.unet, LoraSettings(rank=2))
-    save_student(parts.unet, tmp_path / "student", {"base_model": "tiny", "default_steps": 2,
-                                                    "default_guidance": 3.0,
-                                                    "video": {"frames": 4, "height": 16, "width": 16, "fps": 4}})
+    make_student(parts, LoraSettings(rank=2, dropout=0.0))
+    save_student(parts, tmp_path / "student", {"base_model": "tiny", "default_steps": 2,
+                                               "default_guidance": 3.0,
+                                               "video": {"frames": 4, "height": 16, "width": 16, "fps": 4}})
     out = tmp_path / "s.mp4"
     res = _cli("sample", "a red circle moving left", "--student", str(tmp_path / "student"), "-o", str(out))
     assert res.exit_code == 0, res.output

@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 
 from t2vturbo import convert
 from t2vturbo.errors import CheckpointError
+from t2vturbo.motion import MotionGuidance, motion_schedule
 from t2vturbo.safeio import load_weights
 from t2vturbo.schedules import consistency_timesteps
 from t2vturbo.teachers import call_unet
-from t2vturbo.teachers.motion import MOTION_KEYS, motion_schedule
+from t2vturbo.teachers.motion import MOTION_KEYS
 
 ATOL = 5e-5
 
@@ -132,8 +133,8 @@ def test_sampler_gives_the_motion_embedding_only_on_the_first_steps(tmp_path, mo
         return real(x, t, text, **kw)
 
     monkeypatch.setattr(parts, "denoise", spy)
-    sample_video(parts, ["a dog"], steps=4, frames=4, height=32, width=32, origin_steps=200, motion_guidance=0.05,
-                 decode=False)
+    sample_video(parts, ["a dog"], steps=4, frames=4, height=32, width=32, origin_steps=200,
+                 motion=MotionGuidance(scale=0.05), decode=False)
     assert [t for t, _ in seen] == [999, 749, 499, 249]
     assert seen[0][1] > 0 and seen[1][1] > 0  # sin part of embed(0.05) is not zero: motion on at t >= 700
     assert seen[2][1] == 0 and seen[3][1] == 0  # embed(0): 128 zeros then 128 ones, not "no condition"

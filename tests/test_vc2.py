@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 from conftest import shared_path
+from helpers import unet_teacher
 from safetensors.torch import load_file
 
 from t2vturbo import convert
@@ -60,7 +61,7 @@ def test_fps_hook_survives_our_student_wrapping(fixture_state):
     from t2vturbo.student import LoraSettings, make_student
 
     unet = convert.build_vc2_unet(dict(fixture_state)).eval()
-    make_student(unet, LoraSettings(rank=4))
+    make_student(unet_teacher(unet), LoraSettings(rank=4, dropout=0.0))
     assert not any(n.startswith("fps_embedding") and "lora" in n for n, _ in unet.named_parameters())
     proj = load_file(shared_path("fixtures", "vc2_small_student", "student_unet.safetensors"))["time_cond_proj.weight"]
     with torch.no_grad():
@@ -176,7 +177,7 @@ def test_official_lora_order_and_shapes_match_the_release_list():
 
 
 def test_official_layout_lora_list_merges_to_w_plus_up_down(teacher_unet, fixture_state, tmp_path):
-    official_lora = pytest.importorskip("t2vturbo.formats")
+    official_lora = pytest.importorskip("t2vturbo.teachers.unet3d_files")
     unet = convert.build_vc2_unet(dict(fixture_state)).eval()
     names = convert.vc2_lora_module_names(convert.layout_of(unet))
     base = {n: m.weight.detach().clone() for n, m in unet.named_modules() if n in names}
@@ -195,7 +196,7 @@ def test_official_layout_lora_list_merges_to_w_plus_up_down(teacher_unet, fixtur
         pairs[name] = (up, down)
     path = tmp_path / "unet_lora.pt"
     torch.save(tensors, path)
-    official_lora.load_official_lora(path, unet, names)
+    official_lora.load_official_lora(path, unet_teacher(unet), names)
     modules = dict(unet.named_modules())
 
     def merged(name):
@@ -355,7 +356,7 @@ def test_sample_with_converted_small_model_writes_a_video(small_vc2_state, tmp_p
     from t2vturbo.student import LoraSettings, make_student
 
     parts = convert.convert_vc2_state(dict(small_vc2_state))
-    make_student(parts.unet, LoraSettings(rank=4))
+    make_student(parts, LoraSettings(rank=4, dropout=0.0))
     result = sampling.sample_video(parts, ["a dog"], steps=2, frames=4, height=32, width=32, seed=0)
     frames = result.videos if hasattr(result, "videos") else result[0]
     assert frames.shape[-4:] == (4, 3, 32, 32)

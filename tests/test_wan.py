@@ -113,7 +113,7 @@ def test_fresh_student_equals_teacher_and_guidance_enters_the_time_embedding():
     text = parts.encode_text([PROMPT, ""])
     with torch.no_grad():
         before = parts.denoise(x, t, text)[0]
-        make_student(parts.transformer, LoraSettings(rank=4))
+        make_student(parts, LoraSettings(rank=4, dropout=0.0))
         w_emb = guidance_embedding(torch.tensor([3.0, 6.0]))
         after = parts.denoise(x, t, text, guidance_cond=w_emb)[0]
         torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
@@ -154,7 +154,7 @@ def test_distill_step_trains_only_lora_and_guidance_and_the_reward_changes_the_g
         loss, metrics = d.training_step(pixels, captions)
         assert torch.isfinite(loss), metrics
         loss.backward()
-        got = {n: p.grad.clone() for n, p in d.unet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        got = {n: p.grad.clone() for n, p in d.network.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
         assert got and all("lora_" in n or "cond_proj" in n for n in got), sorted(got)[:3]
         grads[name] = torch.cat([g.flatten() for _, g in sorted(got.items())])
     assert (grads["mixed"] - grads["none"]).abs().max() > 1e-6
@@ -228,16 +228,15 @@ def test_wan_shape_constraints_are_one_line_errors():
 def test_full_size_wan_1_3b_on_the_meta_device():
     from diffusers import WanTransformer3DModel
 
-    from t2vturbo.student import lora_target_names
-
     cfg = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
                out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
     with torch.device("meta"):
         transformer = WanTransformer3DModel(**cfg)
+        teacher = WanTeacher(transformer=transformer, vae=None, text_encoder=None, tokenizer=None, schedule=None)
         base = sum(p.numel() for p in transformer.parameters())
-        targets = lora_target_names(transformer)
-        make_student(transformer, LoraSettings(rank=64))
+        targets = teacher.lora_targets()
+        make_student(teacher, LoraSettings(rank=64, dropout=0.0))
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     assert 1.40e9 < base < 1.45e9  # the "1.3B" transformer: 1.42 B parameters
     assert len(targets) == 30 * 10
@@ -253,19 +252,19 @@ def test_full_size_wan_1_3b_on_the_meta_device():
 def test_lora_export_loads_with_load_lora_weights_and_gives_the_same_frames(tmp_path):
     from diffusers import FlowMatchLCMScheduler, WanPipeline
 
-    from t2vturbo.export import WAN_LORA_FILE, export_student
+    from t2vturbo.export import export_student
     from t2vturbo.formats import load_any_student
     from t2vturbo.sampling import sample_video
-    from t2vturbo.teachers.wan import save_wan_teacher
+    from t2vturbo.teachers.wan import WAN_LORA_FILE, save_wan_teacher
 
     parts = build_tiny_wan()
-    make_student(parts.transformer, LoraSettings(rank=4, alpha=8))
+    make_student(parts, LoraSettings(rank=4, alpha=8, dropout=0.0))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():  # a student that is not the teacher
         for p in parts.transformer.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    student = save_student(parts.transformer, tmp_path / "student", {"base_model": "tiny-wan",
+    student = save_student(parts, tmp_path / "student", {"base_model": "tiny-wan",
                                                                       "lora": {"rank": 4, "alpha": 8}})
     out = export_student(student, "tiny-wan", format="lora", out_dir=tmp_path / "lora", guidance=3.0)
     assert (out / WAN_LORA_FILE).is_file()
@@ -296,12 +295,12 @@ def test_block_checkpointing_gives_the_same_gradients_and_bf16_trains(tmp_path):
         d = Distiller(recipe, tmp_path / name, progress=False, log=lambda m: None)
         d.setup()
         if name == "checkpointed":
-            assert d.unet.is_gradient_checkpointing
+            assert d.network.is_gradient_checkpointing
         pixels, captions = d.stream.next_batch()
         loss, _ = d.training_step(pixels, captions)
         assert torch.isfinite(loss)
         loss.backward()
-        grads[name] = torch.cat([p.grad.flatten().float() for _, p in sorted(d.unet.named_parameters())
+        grads[name] = torch.cat([p.grad.flatten().float() for _, p in sorted(d.network.named_parameters())
                                  if p.grad is not None])
     torch.testing.assert_close(grads["checkpointed"], grads["plain"], atol=1e-6, rtol=1e-4)
     # bf16 base + fp32 LoRA, in its own process (accelerate fixes the precision once per process)
