@@ -121,7 +121,8 @@ class ReferenceStep:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def __call__(self, pixels: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        from t2vturbo.consistency import consistency_loss, guidance_embedding, lcm_guidance
+        from t2vturbo.consistency import consistency_loss, lcm_guidance
+        from t2vturbo.step import draw_step_inputs
 
         d, teacher, schedule, dev = self.recipe.distill, self.teacher, self.schedule, self.device
         gen = torch.Generator().manual_seed(REFERENCE_SEED + self.calls)
@@ -131,14 +132,7 @@ class ReferenceStep:
             latents = teacher.encode_video(pixels.to(dev))
             cond = teacher.encode_text(captions)
             uncond = self.uncond.expand(b, -1, -1)
-        index = torch.randint(0, d.num_ddim_timesteps, (b,), generator=gen).to(dev)
-        t_start = self.solver_t[index]
-        t_end = schedule.solver_end(t_start, d.skip, self.solver_t)
-        noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
-        x_t = schedule.add_noise(latents, noise, t_start)
-        w = d.w_min + (d.w_max - d.w_min) * torch.rand((b,), generator=gen)
-        w_emb = guidance_embedding(w, d.guidance_embed_dim).to(dev, latents.dtype)
-        w = w.to(dev)
+        _, t_start, t_end, x_t, w, w_emb = draw_step_inputs(d, schedule, self.solver_t, latents, gen)
         fps = self.fps.expand(b) if self.fps is not None else None
 
         with self.autocast():  # 1. the student first: its activations live through everything below

@@ -25,6 +25,21 @@ from .student import dropout_off, split_dropouts, teacher_mode, trainable_parame
 from .teachers import Teacher
 
 
+def draw_step_inputs(d, schedule, solver_t: torch.Tensor, latents: torch.Tensor, gen: torch.Generator):
+    """Step 2 of a training step from ``gen``, in this order: a solver index per sample, its timestep pair
+    (t, t - k), the noise and x_t, and w ~ U[w_min, w_max] with its embedding (``d``: the recipe's distill
+    section). Returns (index, t_start, t_end, x_t, w, w_emb), on the latents' device."""
+    b, dev = latents.shape[0], latents.device
+    index = torch.randint(0, d.num_ddim_timesteps, (b,), generator=gen).to(dev)
+    t_start = solver_t[index]
+    t_end = schedule.solver_end(t_start, d.skip, solver_t)
+    noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
+    x_t = schedule.add_noise(latents, noise, t_start)
+    w = d.w_min + (d.w_max - d.w_min) * torch.rand((b,), generator=gen)
+    w_emb = guidance_embedding(w, d.guidance_embed_dim).to(dev, latents.dtype)
+    return index, t_start, t_end, x_t, w.to(dev), w_emb
+
+
 class EMATarget:
     """``distill.target: ema``: an exponential moving average of the trainable tensors, swapped in for the
     target's forward (:meth:`weights`) and updated after every optimiser step."""
@@ -110,19 +125,13 @@ class DistillStep:
             uncond = self.uncond.expand(b, -1, -1)
 
         # 2. Sample a solver index, its timestep pair, the noise and w ~ U[w_min, w_max].
-        index = torch.randint(0, d.num_ddim_timesteps, (b,), generator=gen).to(dev)
-        t_start = self.solver_t[index]
-        t_end = self.schedule.solver_end(t_start, d.skip, self.solver_t)
-        noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
-        x_t = self.schedule.add_noise(latents, noise, t_start)
-        w = d.w_min + (d.w_max - d.w_min) * torch.rand((b,), generator=gen)
-        w_emb = guidance_embedding(w, d.guidance_embed_dim).to(dev, latents.dtype)
+        index, t_start, t_end, x_t, w, w_emb = draw_step_inputs(d, self.schedule, self.solver_t, latents, gen)
         fps = self.fps.expand(b) if self.fps is not None else None
         motion = (None if self.motion is None else
                   motion_step_inputs(self.motion, index, latents, d.num_ddim_timesteps, d.guidance_embed_dim))
 
         # 3-4. The teacher's guided ODE step and the consistency target (no graph).
-        _, target = self.teacher_and_target(x_t, t_start, t_end, cond, uncond, w.to(dev), w_emb, fps, motion)
+        _, target = self.teacher_and_target(x_t, t_start, t_end, cond, uncond, w, w_emb, fps, motion)
         m_emb = motion.m_emb if motion else None
 
         metrics: dict[str, float] = {}

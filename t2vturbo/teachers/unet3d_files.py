@@ -203,7 +203,8 @@ def load_official_lora(path: str | Path, teacher: Any, module_names: Sequence[st
 def default_module_names(teacher: Any) -> list[str]:
     """The release order for this UNet: VideoCrafter2's (fps-conditioned, :mod:`t2vturbo.convert`) or ModelScope's."""
     if teacher.supports_fps:
-        from ..convert import layout_of, vc2_lora_module_names
+        from ..convert.lvdm_unet import layout_of
+        from ..convert.official_order import vc2_lora_module_names
 
         return vc2_lora_module_names(layout_of(teacher.unet))
     return ms_official_module_names(teacher.unet)
@@ -225,7 +226,7 @@ def load_v2_student(path: str | Path, parts: Any) -> dict:
     """Replace ``parts.unet`` by a released T2V-Turbo-v2 UNet (whole weights, not an adapter), checked key by key
     against the VideoCrafter2 conversion the parts hold; a model that is not a VC2 conversion is refused. Returns
     the v2 demo's sampling defaults."""
-    from ..convert import build_vc2_v2_unet
+    from ..convert.lvdm_unet import build_vc2_v2_unet
 
     if not parts.supports_fps:
         raise CheckpointError(f"{path} is a T2V-Turbo-v2 student of VideoCrafter2; give it a VideoCrafter2 folder "
