@@ -1,4 +1,4 @@
-"""Probe: can the tiny UNet read the caption at pure noise? (README, "Why the first tiny teacher was weak" (g))
+"""Probe: can the tiny UNet read the caption at pure noise? (docs/tiny-world.md, "Why the first tiny teacher was weak" (g))
 
 At t = 999 of the DDIM schedule the noisy latent carries almost nothing of the clip, so where the object is in
 each frame must come from the caption. This probe trains a fresh UNet (tiny.UNET_CONFIG) to regress the clean
@@ -9,7 +9,7 @@ colour, shape and motion right; one that cannot draws the caption-blind mean (a 
   python scripts/probe_tiny_text.py --text trained --encoder-dir /tmp/tt/text_encoder   # after --stage text
   python scripts/probe_tiny_text.py --text random                                      # the first teachers' encoder
 
-Measured on this 2-core CPU (batch 16, lr 1.5e-3, 150 steps, ~1.9 s/step) the numbers are in the README.
+Measured on this 2-core CPU (batch 16, lr 1.5e-3, 150 steps, ~1.9 s/step) the numbers are in docs/tiny-world.md.
 """
 
 from __future__ import annotations

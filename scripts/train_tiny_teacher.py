@@ -10,7 +10,7 @@ Stages (run in order; ``all`` runs the four):
   text  train the tiny CLIPTextModel (random init of ``build_tiny_teacher(seed)``) so that every attribute word
         writes its own orthogonal code into the token states from its position on (``text_targets``; seconds).
         The random encoder kept captions one word apart at cosine ~0.97, and the UNet could not tell the
-        directions apart (README, "Why the first tiny teacher was weak" (g)).
+        directions apart (docs/tiny-world.md, "Why the first tiny teacher was weak" (g)).
   unet  train the UNet3DConditionModel (UNET_CONFIG) with the DDPM loss of the tiny schedule (--zero-snr:
         v-prediction on betas rescaled to zero terminal SNR, tiny.ZERO_SNR_SCHEDULER_CONFIG; min-SNR-gamma
         weights) on VAE latents of world clips, 10% of captions dropped to "" so classifier-free guidance works.
@@ -310,7 +310,7 @@ def text_targets(tokenizer, captions: list[str], seed: int,
     direction) at or before that position, so the encoder stays causal, as CLIP is, and every token after the last
     word carries the whole caption. The 1 + 12 codes are orthonormal and orthogonal to the all-ones vector, so a
     target has zero mean and norm sqrt(D): exactly what CLIP's final LayerNorm can output. Captions one word apart
-    are then cosine ~0.6-0.7 apart instead of the random encoder's ~0.97 (README, "Why the first tiny teacher was
+    are then cosine ~0.6-0.7 apart instead of the random encoder's ~0.97 (docs/tiny-world.md, "Why the first tiny teacher was
     weak" (g)); the empty caption is q0 everywhere."""
     dim = tiny.TEXT_CONFIG["hidden_size"]
     words = [*tiny.COLOURS, *tiny.SHAPES, *tiny.DIRECTIONS]

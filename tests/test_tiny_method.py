@@ -177,7 +177,7 @@ def test_shipped_teacher_at_50_steps_draws_what_the_caption_says():
     prompts = ["a red circle moving left", "a blue square moving up", "a yellow triangle moving right",
                "a green square moving down", "a blue circle moving right", "a red triangle moving down"]
     row, _ = evaluate(Variant("teacher", "teacher", 50, TEACHER_GUIDANCE), prompts, seeds=[0, 1])
-    assert row["all"] >= 0.80, row  # the bar; on all 48 captions it is 0.92 (README, the tiny world)
+    assert row["all"] >= 0.80, row  # the bar; on all 48 captions it is 0.92 (docs/tiny-world.md)
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_videos():

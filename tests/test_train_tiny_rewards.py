@@ -1,4 +1,4 @@
-"""The reward training script's targets: blended-shape clips and blur doubt (README, the tiny world: Rewards)."""
+"""The reward training script's targets: blended-shape clips and blur doubt (docs/tiny-world.md: Rewards)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The teacher training script's frame-code initialisation (an option tried for motion; README, tiny world)."""
+"""The teacher training script's frame-code initialisation (an option tried for motion; docs/tiny-world.md)."""
 
 import pytest
 import torch

@@ -65,7 +65,7 @@ SCHEDULER_CONFIG = DDIM_SCHEDULER_CONFIG
 #: shipped trained teacher (t2vturbo/tiny/weights/teacher/scheduler). Under the standard schedule the last
 #: timestep keeps sqrt(alpha_bar) = 0.068 of the clip, enough to locate the object in every frame, so a teacher
 #: reads the motion from its input and never from the caption; at zero terminal SNR only the caption can say it
-#: (README, "Why the first tiny teacher was weak").
+#: (docs/tiny-world.md, "Why the first tiny teacher was weak").
 ZERO_SNR_SCHEDULER_CONFIG = {**DDIM_SCHEDULER_CONFIG, "prediction_type": "v_prediction",
                              "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 
