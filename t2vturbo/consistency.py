@@ -1,6 +1,7 @@
 """The consistency-distillation maths (T2V-Turbo, arXiv 2405.18750 §3; docs/method.md), written once.
 
-Training (:mod:`t2vturbo.distill`) and sampling (:mod:`t2vturbo.sampling`) both call these functions.
+Training (:mod:`t2vturbo.step`) and sampling (:mod:`t2vturbo.sampling`) both call these functions; noising and the
+conversions between predictions are the schedules' (:mod:`t2vturbo.schedules`).
 """
 
 from __future__ import annotations
@@ -39,18 +40,6 @@ def boundary_scalings(t: torch.Tensor, sigma_data: float = SIGMA_DATA,
 
 def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
-
-
-def predict_x0(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-    """x0 from an epsilon prediction: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
-    a = _bcast(alpha_bar_t, x_t)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-
-
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-    """Forward diffusion q(x_t | x0): sqrt(a) x0 + sqrt(1 - a) noise."""
-    a = _bcast(alpha_bar_t, x0)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
 def ddim_step(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_prev: torch.Tensor) -> torch.Tensor:

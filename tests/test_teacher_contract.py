@@ -149,17 +149,12 @@ FAMILIES = ("tiny", "modelscope-folder", "vc2-conversion", "tiny-wan", "toy")
 
 
 def _modelscope_folder(root):
+    from t2vturbo.teachers.unet3d import save_unet3d_teacher
     from t2vturbo.tiny import build_tiny_teacher
 
     parts = build_tiny_teacher(seed=5)
-    parts.unet.save_pretrained(root / "unet")
-    parts.vae.save_pretrained(root / "vae")
-    parts.text_encoder.save_pretrained(root / "text_encoder")
-    parts.tokenizer.save_pretrained(str(root / "tokenizer"))
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(VPSchedule.standard().scheduler_config()))
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "TextToVideoSDPipeline"}))
-    return str(root)
+    parts.stored_defaults = {}  # a ModelScope-layout folder records no sampling defaults
+    return str(save_unet3d_teacher(parts, root / "modelscope"))
 
 
 def _vc2_folder(root):

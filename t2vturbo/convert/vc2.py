@@ -8,15 +8,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
-from ..safeio import atomic_path, load_torch_file
+from ..safeio import load_torch_file
 from ..schedules import DDIM_SCHEDULER_CONFIG, VPSchedule, scaled_linear_alphas_cumprod
-from ..teachers.fps import DEFAULT_FPS, save_fps_embedding
+from ..teachers.fps import DEFAULT_FPS
 from ..teachers.unet3d import UNet3DTeacher
 from .ldm_vae import build_vae
 from .lvdm_unet import build_vc2_unet
@@ -85,36 +84,9 @@ def save_converted(parts: UNet3DTeacher, out_dir: str | Path, dtype: torch.dtype
     Args:
         dtype: save the weights in this dtype (default: as they are).
     """
-    out_dir = Path(out_dir)
-    unet = parts.unet
-    fps = getattr(unet, "fps_embedding", None)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        if dtype is not None:
-            parts.to(dtype=dtype)
-        if fps is not None:
-            del unet._modules["fps_embedding"]  # saved on its own, beside the stock diffusers UNet
-        try:
-            unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        finally:
-            if fps is not None:
-                unet._modules["fps_embedding"] = fps
-        if fps is not None:
-            save_fps_embedding(fps, tmp / "unet")
-        parts.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-        parts.text_encoder.save_pretrained(tmp / "text_encoder")
-        parts.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "scheduler").mkdir()
-        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
-        (tmp / "model_index.json").write_text(json.dumps({
-            "_class_name": "TextToVideoSDPipeline",
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet3DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-            "t2vturbo": {"source": "videocrafter2", "default_fps": parts.default_fps},
-        }, indent=2) + "\n")
-    return out_dir
+    from ..teachers.unet3d import save_unet3d_teacher
+
+    return save_unet3d_teacher(parts, out_dir, dtype,
+                               {"t2vturbo": {"source": "videocrafter2", "default_fps": parts.default_fps}})
 
 

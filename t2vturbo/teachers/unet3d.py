@@ -258,3 +258,54 @@ def load_diffusers_teacher(spec: str) -> UNet3DTeacher:
     return UNet3DTeacher(unet=unet, vae=m["vae"], text_encoder=m["text_encoder"], tokenizer=m["tokenizer"],
                          schedule=VPSchedule.from_scheduler_config(folder.scheduler_config), name=str(spec),
                          vae_scale=vae_scale, default_fps=default_fps, stored_defaults=folder.stored_defaults)
+
+
+def save_unet3d_teacher(teacher: UNet3DTeacher, folder: str | Path, dtype: torch.dtype | None = None,
+                        index: dict | None = None) -> Path:
+    """Atomically write ``teacher`` as a diffusers-layout folder that :func:`load_diffusers_teacher` loads: unet/
+    (an fps embedding saved beside the stock UNet), vae/, text_encoder/, tokenizer/, scheduler/ (its schedule's
+    DDIM config), model_index.json (``index`` adds entries), and its stored sampling defaults.
+
+    Args:
+        dtype: save the weights in this dtype (default: as they are).
+    """
+    import json
+
+    from ..safeio import atomic_path
+    from .common import DEFAULTS_FILE
+    from .fps import save_fps_embedding
+
+    folder = Path(folder)
+    unet = teacher.unet
+    fps = getattr(unet, "fps_embedding", None)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        if dtype is not None:
+            teacher.to(dtype=dtype)
+        if fps is not None:
+            del unet._modules["fps_embedding"]  # saved on its own, beside the stock diffusers UNet
+        try:
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        finally:
+            if fps is not None:
+                unet._modules["fps_embedding"] = fps
+        if fps is not None:
+            save_fps_embedding(fps, tmp / "unet")
+        teacher.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        teacher.text_encoder.save_pretrained(tmp / "text_encoder")
+        teacher.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(
+            json.dumps(teacher.schedule.scheduler_config(), indent=2) + "\n")
+        (tmp / "model_index.json").write_text(json.dumps({
+            "_class_name": "TextToVideoSDPipeline",
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet3DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            **(index or {}),
+        }, indent=2) + "\n")
+        if teacher.stored_defaults:
+            (tmp / DEFAULTS_FILE).write_text(json.dumps(teacher.stored_defaults, indent=1) + "\n")
+    return folder
