@@ -165,9 +165,11 @@ class VPSchedule:
         ratio = self.num_train_timesteps // len(timesteps)
         return [t - ratio if t - ratio >= 0 else None for t in timesteps]
 
-    def solver_end(self, t_start: torch.Tensor, skip: int, grid: torch.Tensor) -> torch.Tensor:
-        """Where the teacher's solver step from ``t_start`` ends: ``skip`` timesteps lower, at least 0."""
-        return (t_start - skip).clamp(min=0)
+    def solver_pair(self, index: torch.Tensor, skip: int, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_start, t_end) of the teacher's solver step at solver ``index`` of ``grid``: the grid point, and
+        ``skip`` timesteps lower, at least 0 (the reference's t - k, on the grid when k is a multiple of T / N)."""
+        t_start = grid[index]
+        return t_start, (t_start - skip).clamp(min=0)
 
     def to(self, device: torch.device | str) -> VPSchedule:
         self.alphas_cumprod = self.alphas_cumprod.to(device)
@@ -293,14 +295,14 @@ class FlowSchedule:
     def to(self, device: torch.device | str) -> FlowSchedule:
         return self
 
-    def solver_end(self, t_start: torch.Tensor, skip: int, grid: torch.Tensor) -> torch.Tensor:
-        """The grid point ``skip`` timesteps' worth of grid steps below ``t_start`` (``skip`` in the VP units of
-        the recipe: 20 with N = 50 is one grid step), or 0 below the grid."""
+    def solver_pair(self, index: torch.Tensor, skip: int, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_start, t_end): the grid point at solver ``index``, and the grid point ``skip`` timesteps' worth of grid
+        steps below it (``skip`` in the VP units of the recipe: 20 with N = 50 is one grid step), or 0 below the
+        grid."""
         spacing = self.num_train_timesteps / len(grid)
         steps = max(1, round(skip / spacing))
-        index = torch.searchsorted(grid, t_start) - steps
         ext = torch.cat([grid.new_zeros(1), grid])
-        return ext[(index + 1).clamp(min=0)]
+        return grid[index], ext[(index - steps + 1).clamp(min=0)]
 
     def sigma(self, t: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
         s = torch.as_tensor(t, device=like.device, dtype=torch.float32) / self.num_train_timesteps

@@ -31,8 +31,7 @@ def draw_step_inputs(d, schedule, solver_t: torch.Tensor, latents: torch.Tensor,
     section). Returns (index, t_start, t_end, x_t, w, w_emb), on the latents' device."""
     b, dev = latents.shape[0], latents.device
     index = torch.randint(0, d.num_ddim_timesteps, (b,), generator=gen).to(dev)
-    t_start = solver_t[index]
-    t_end = schedule.solver_end(t_start, d.skip, solver_t)
+    t_start, t_end = schedule.solver_pair(index, d.skip, solver_t)
     noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
     x_t = schedule.add_noise(latents, noise, t_start)
     w = d.w_min + (d.w_max - d.w_min) * torch.rand((b,), generator=gen)

@@ -151,8 +151,7 @@ def test_distilling_with_motion_trains_the_projections_and_the_student_samples_w
     step = d.stepper
     uncond = step.uncond.expand(2, -1, -1)
     index = torch.tensor([9, 3])  # percentage 1.0: both active
-    t_start = step.solver_t[index]
-    t_end = step.schedule.solver_end(t_start, 100, step.solver_t)
+    t_start, t_end = step.schedule.solver_pair(index, 100, step.solver_t)
     x_t = step.schedule.add_noise(latents, torch.randn(latents.shape, generator=gen), t_start)
     w = torch.tensor([6.0, 6.0])
     from t2vturbo.consistency import guidance_embedding

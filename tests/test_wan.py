@@ -71,8 +71,8 @@ def test_flow_consistency_step_by_hand():
     schedule = FlowSchedule(1.0)  # no shift: 4 sigmas spaced evenly over [0.001, 1]
     grid = schedule.solver_grid(4)
     assert torch.allclose(grid, torch.tensor([1.0, 334.0, 667.0, 1000.0]), atol=1e-3)
-    t_start = grid[2:3]  # s = 0.667
-    t_end = schedule.solver_end(t_start, 250, grid)  # skip 250 of 1000 with N = 4: one grid step
+    t_start, t_end = schedule.solver_pair(torch.tensor([2]), 250, grid)  # skip 250 of 1000 with N = 4: one step
+    assert torch.equal(t_start, grid[2:3])  # s = 0.667
     assert torch.allclose(t_end, grid[1:2])
     x = torch.tensor([1.0, -2.0]).view(1, 2, 1, 1, 1)
     v_c, v_u = torch.tensor([0.5, 0.1]).view_as(x), torch.tensor([0.3, -0.1]).view_as(x)
