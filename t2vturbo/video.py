@@ -6,9 +6,11 @@ Decoding and mp4/webm encoding go through PyAV; GIF and PNG frames through Pillo
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -208,3 +210,111 @@ def _write_png_folder(pixels: np.ndarray, folder: Path) -> None:
     folder.mkdir(parents=True)
     for i, frame in enumerate(pixels):
         Image.fromarray(frame).save(folder / f"{i:05d}.png")
+
+
+# ---------------------------------------------------------------------------------------------- training windows
+@dataclass
+class Window:
+    """A clip's training window: ``pixels`` (frames, 3, height, width) in [0, 1], the frame rate they were taken
+    at (``fps``: the asked rate, or a lower one for a short clip), the presentation time of each (seconds), and the
+    file's duration."""
+
+    pixels: torch.Tensor
+    fps: float
+    times: list[float]
+    duration: float
+
+
+def read_window(path: str | os.PathLike, frames: int, fps: float, height: int, width: int,
+                start: Callable[[float], float] = lambda latest: 0.0, max_fps: float | None = None) -> Window:
+    """Decode ``frames`` frames at ``fps`` true-speed frames per second, from a start time ``start(latest)`` picks
+    in [0, latest], resized (short side) and centre-cropped to ``height`` x ``width``.
+
+    Frames are chosen by presentation time, so 24, 25, 29.97 fps and variable-frame-rate files all give the same
+    motion speed: the frame shown at time t is the last one whose timestamp is <= t. Only the window is decoded
+    (a seek to the keyframe before it, decoding stops after it), and only the chosen frames are converted to RGB,
+    at the target size, before they become float: memory is bounded by the window, not the file.
+
+    A clip shorter than the window is taken whole, at the rate that fits its frames into its length ((frames - 1)
+    / duration, above ``fps``: its motion is slower than true speed, and the fps-conditioned teacher is told that
+    rate), up to ``max_fps`` (default: the file's own frame rate, beyond which frames would repeat); a clip too
+    short for that is refused (VideoReadError, one line: the caller skips and counts it). Errors as
+    :func:`read_video`.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(f"video not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"cannot read video {path}: it has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            duration = _duration(container, stream)
+            rate = fps
+            if frames > 1 and duration < (frames - 1) / fps:
+                ceiling = max_fps or float(stream.average_rate or 4 * fps)
+                rate = (frames - 1) / duration if duration > 0 else math.inf
+                if rate > ceiling:
+                    raise VideoReadError(f"cannot read video {path}: {duration:.2f} s is too short for {frames} "
+                                         f"frames at {ceiling:g} fps or less; it is skipped")
+            latest = max(0.0, duration - (frames - 1) / rate) if frames > 1 else duration
+            t0 = min(max(0.0, float(start(latest))), latest)
+            targets = [t0 + k / rate for k in range(frames)]
+            pixels, times = _decode_window(container, stream, targets, height, width)
+    except VideoReadError:
+        raise
+    except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
+        reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+        raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
+    return Window(pixels=pixels, fps=rate, times=times, duration=duration)
+
+
+def _duration(container, stream) -> float:
+    """Seconds from the stream's first timestamp to its end (the stream's header, else the container's)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    raise VideoReadError("the file does not say how long it is")
+
+
+def _decode_window(container, stream, targets: list[float], height: int, width: int
+                   ) -> tuple[torch.Tensor, list[float]]:
+    """The frames shown at ``targets`` (seconds from the stream's start), converted at the output size."""
+    tb = stream.time_base
+    origin = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+    if targets[0] > 0:
+        container.seek(int((origin + targets[0]) / tb), stream=stream, backward=True, any_frame=False)
+    chosen: list[np.ndarray] = []
+    times: list[float] = []
+    shown = None  # (time, frame) of the last decoded frame at or before the next target
+    k = 0
+    for frame in container.decode(stream):
+        t = float(frame.pts * tb) - origin if frame.pts is not None else (times[-1] if times else 0.0)
+        while k < len(targets) and t > targets[k] + 1e-6:
+            pick = shown if shown is not None else (t, frame)  # a target before the first frame: the first
+            chosen.append(_fit_frame(pick[1], height, width))
+            times.append(pick[0])
+            k += 1
+        if k == len(targets):
+            break
+        shown = (t, frame)
+    while k < len(targets) and shown is not None:  # the stream ended: the last frame stays on screen
+        chosen.append(_fit_frame(shown[1], height, width))
+        times.append(shown[0])
+        k += 1
+    if not chosen:
+        raise VideoReadError("it holds no frames")
+    return _to_tensor(chosen), times
+
+
+def _fit_frame(frame, height: int, width: int) -> np.ndarray:
+    """Resize (short side to cover height x width, in the decoder's scaler) and centre-crop one frame to RGB."""
+    scale = max(height / frame.height, width / frame.width)
+    nh, nw = max(height, round(frame.height * scale)), max(width, round(frame.width * scale))
+    rgb = frame.to_ndarray(format="rgb24", width=nw, height=nh, interpolation="AREA")
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return rgb[top : top + height, left : left + width]

@@ -1,0 +1,127 @@
+"""Reading training clips: today's folder reader against the window reader, side by side on generated H.264 clips.
+
+- today: ``read_video`` decodes the whole file to float32, then ``data.fit_clip`` strides 16 frames over the whole
+  clip and resizes them (what ``FolderStream`` does for every clip of every step);
+- window: ``video.read_window`` seeks to the keyframe before a 16-frame window at 8 fps true speed, decodes to its
+  end, and converts only the chosen frames, at the target size, before they become float.
+
+Each reading runs in a child process of its own, so its peak RSS is its own (minus the same imports for both).
+Clips are generated once into ``--cache`` (360p / 720p / 1080p x 5 s / 30 s at 25 fps by default).
+
+    python bench/data_throughput.py                      # the full table (generates ~1 GB of clips once)
+    python bench/data_throughput.py --sizes 360 --lengths 5 --repeats 1   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SIZES = {360: (640, 360), 720: (1280, 720), 1080: (1920, 1080)}
+
+
+def make_clip(path: Path, width: int, height: int, seconds: float, fps: int = 25) -> Path:
+    """A moving gradient with noise, H.264 (preset veryfast, a keyframe every 2 s as most web video has)."""
+    import av
+    import numpy as np
+
+    if path.is_file():
+        return path
+    tmp = path.with_suffix(".part.mp4")
+    rng = np.random.default_rng(0)
+    base = np.add.outer(np.arange(height), np.arange(width)) % 256
+    noise = rng.integers(0, 32, size=(height, width))
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23", "g": str(2 * fps)}
+        for i in range(int(seconds * fps)):
+            y = (base + 3 * i) % 256
+            rgb = np.stack([y, (y + noise) % 256, 255 - y], axis=-1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    tmp.rename(path)
+    return path
+
+
+def read_once(reader: str, path: str, frames: int, fps: float, size: int) -> dict:
+    """One read in this process: seconds and the peak RSS it reached."""
+    import torch
+
+    torch.set_num_threads(1)
+    from t2vturbo.data import fit_clip
+    from t2vturbo.video import read_video, read_window
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    if reader == "today":
+        pixels = fit_clip(read_video(path), frames, size, size)
+    else:
+        pixels = read_window(path, frames, fps, size, size, start=lambda latest: latest / 2).pixels
+    seconds = time.perf_counter() - t0
+    assert pixels.shape == (frames, 3, size, size)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mib": peak, "imports_mib": before}
+
+
+def child(reader: str, path: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", reader, str(path), "--frames", str(args.frames), "--fps",
+           str(args.fps), "--size", str(args.size)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        return {"error": (out.stderr.strip().splitlines() or ["killed"])[-1][:80]}
+    return json.loads(line[7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="360,720,1080")
+    ap.add_argument("--lengths", default="5,30")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--fps", type=float, default=8.0)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2, help="reads of each kind (A B A B), the median is printed")
+    ap.add_argument("--cache", default="/tmp/t2vturbo-bench-clips")
+    ap.add_argument("--child", nargs=2, metavar=("READER", "PATH"))
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(read_once(args.child[0], args.child[1], args.frames, args.fps, args.size)))
+        return
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"{args.frames} frames at {args.fps:g} fps, {args.size}x{args.size}; memory: the read's process peak RSS "
+          "above what its imports already held; median of the reads")
+    print(f"{'clip':<12} {'today s':>9} {'window s':>9} {'speed-up':>9} {'today MiB':>10} {'window MiB':>11} "
+          f"{'memory':>8}")
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for length in [float(x) for x in args.lengths.split(",")]:
+            w, h = SIZES[size]
+            path = make_clip(cache / f"{size}p-{length:g}s.mp4", w, h, length)
+            runs: dict[str, list[dict]] = {"today": [], "window": []}
+            for _ in range(args.repeats):
+                for reader in ("today", "window"):
+                    runs[reader].append(child(reader, path, args))
+            row = {}
+            for reader, results in runs.items():
+                ok = [r for r in results if "error" not in r]
+                row[reader] = (sorted(r["seconds"] for r in ok)[len(ok) // 2],
+                               sorted(r["peak_mib"] - r["imports_mib"] for r in ok)[len(ok) // 2]) if ok else None
+            if row["today"] is None or row["window"] is None:  # today's reader can run out of memory
+                cells = [f"{row[k][0]:.3f} s, {row[k][1]:.0f} MiB" if row[k] else
+                         "failed: " + next(r["error"] for r in runs[k] if "error" in r) for k in ("today", "window")]
+                print(f"{size}p {length:g}s".ljust(12), f"today {cells[0]} | window {cells[1]}")
+                continue
+            (ts, tm), (ws, wm) = row["today"], row["window"]
+            print(f"{f'{size}p {length:g}s':<12} {ts:>9.2f} {ws:>9.3f} {ts / ws:>8.1f}x {tm:>10.0f} {wm:>11.0f} "
+                  f"{wm / tm:>7.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Training windows read at true speed (issue 28, part 1-2): frames chosen by presentation time at 24 / 25 / 29.97
+fps and a variable frame rate, from the start the caller picks, short clips at a lower rate or refused, bad files
+as one line. Every clip is made here; each frame writes its own index into its pixels (8 horizontal bands, one
+bit each), so the test reads back which frame it got."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from t2vturbo.errors import VideoReadError
+from t2vturbo.video import read_window
+
+H, W = 48, 64
+
+
+def coded(i: int) -> np.ndarray:
+    img = np.zeros((H, W, 3), np.uint8)
+    band = H // 8
+    for b in range(8):
+        if (i >> b) & 1:
+            img[b * band : (b + 1) * band] = 255
+    return img
+
+
+def decode_index(frame: torch.Tensor) -> int:
+    """The index a frame of (3, h, w) in [0, 1] shows (the band centres, thresholded)."""
+    h = frame.shape[1]
+    band = h / 8
+    return sum(1 << b for b in range(8) if float(frame[:, int((b + 0.5) * band)].mean()) > 0.5)
+
+
+def write_clip(path, times: list[float]) -> str:
+    """Frame i shown from ``times[i]`` seconds (millisecond timestamps), H.264 in mp4."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=1000)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"crf": "12", "g": "12"}  # a keyframe every 12 frames: seeking has work to do
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(coded(i), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return str(path)
+
+
+def shown_at(times: list[float], t: float) -> int:
+    """The frame on screen at ``t``: the last whose timestamp (ms, as written) is <= t."""
+    return max(i for i, s in enumerate(times) if round(s * 1000) / 1000 <= t + 1e-6)
+
+
+@pytest.mark.parametrize("rate", [24.0, 25.0, 30000 / 1001])
+def test_constant_rates_give_true_speed_frames(tmp_path, rate):
+    times = [i / rate for i in range(120)]
+    path = write_clip(tmp_path / "clip.mp4", times)
+    for start in (0.0, 1.3, 2.05):
+        w = read_window(path, 16, 8.0, 32, 32, start=lambda latest, s=start: s)
+        assert w.pixels.shape == (16, 3, 32, 32) and w.fps == 8.0
+        got = [decode_index(f) for f in w.pixels]
+        want = [shown_at(times, start + k / 8.0) for k in range(16)]
+        assert got == want, (rate, start)
+        assert w.times == pytest.approx([round(times[i] * 1000) / 1000 for i in want], abs=1e-3)
+
+
+def test_variable_frame_rate_is_read_by_presentation_time(tmp_path):
+    rng = np.random.default_rng(0)
+    times = np.concatenate([[0.0], np.cumsum(rng.choice([0.02, 0.04, 0.07], size=149))]).tolist()
+    path = write_clip(tmp_path / "vfr.mp4", times)
+    w = read_window(path, 16, 8.0, 32, 32, start=lambda latest: 0.9)
+    assert [decode_index(f) for f in w.pixels] == [shown_at(times, 0.9 + k / 8.0) for k in range(16)]
+
+
+def test_the_start_is_drawn_from_the_range_that_fits(tmp_path):
+    times = [i / 25 for i in range(100)]  # 3.96 s
+    path = write_clip(tmp_path / "clip.mp4", times)
+    seen = []
+    w = read_window(path, 16, 8.0, 32, 32, start=lambda latest: seen.append(latest) or 99.0)
+    assert seen[0] == pytest.approx(w.duration - 15 / 8.0)
+    # a start past the end is clamped to the last window that fits: its last frame is the clip's end
+    assert decode_index(w.pixels[-1]) == shown_at(times, seen[0] + 15 / 8.0)
+    assert w.times[0] == pytest.approx(math.floor(seen[0] * 25) / 25, abs=1e-3)
+
+
+def test_a_short_clip_is_read_at_the_rate_that_fits_or_refused(tmp_path):
+    times = [i / 25 for i in range(26)]  # 1 s: 16 frames at 8 fps need 1.875 s
+    path = write_clip(tmp_path / "short.mp4", times)
+    w = read_window(path, 16, 8.0, 32, 32)
+    assert w.fps == pytest.approx(15 / w.duration) and 8.0 < w.fps <= 25.0  # the whole clip, slower than life
+    got = [decode_index(f) for f in w.pixels]
+    assert got == [shown_at(times, k / w.fps) for k in range(16)] and got[0] == 0 and got[-1] >= 24
+    with pytest.raises(VideoReadError, match="too short for 16 frames at 12 fps or less"):
+        read_window(path, 16, 8.0, 32, 32, max_fps=12.0)
+    tiny = write_clip(tmp_path / "tiny.mp4", [i / 25 for i in range(5)])  # 5 frames: 16 would repeat frames (the ceiling is the file's own average rate)
+    with pytest.raises(VideoReadError, match=r"0.16 s is too short for 16 frames at [0-9.]+ fps or less"):
+        read_window(tiny, 16, 8.0, 32, 32)
+
+
+def test_resize_and_crop_happen_before_float(tmp_path):
+    path = write_clip(tmp_path / "clip.mp4", [i / 25 for i in range(60)])
+    w = read_window(path, 4, 8.0, 24, 40)
+    assert w.pixels.shape == (4, 3, 24, 40) and w.pixels.dtype == torch.float32
+    assert 0.0 <= float(w.pixels.min()) and float(w.pixels.max()) <= 1.0
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    with pytest.raises(VideoReadError, match="not a decodable video file") as err:
+        read_window(broken, 16, 8.0, 32, 32)
+    assert "\n" not in str(err.value)
+    with pytest.raises(VideoReadError, match="video not found"):
+        read_window(tmp_path / "missing.mp4", 16, 8.0, 32, 32)
+    import av
+
+    audio = tmp_path / "audio.mp4"
+    with av.open(str(audio), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(VideoReadError, match="no video stream"):
+        read_window(audio, 16, 8.0, 32, 32)
