@@ -110,6 +110,9 @@ class DataConfig:
     #: CSV or JSONL with columns path, caption (relative to data.path); default: data.path/captions.{csv,jsonl}
     captions: str | None = None
     num_workers: int = 0
+    #: frames are taken at this rate, true speed, from a random window of each clip (None: video.fps), as the
+    #: paper's loader does; a clip shorter than the window is taken whole at the rate that fits it
+    sample_fps: float | None = None
 
 
 @dataclass

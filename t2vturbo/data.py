@@ -121,41 +121,55 @@ def mix_seed(*xs: int) -> int:
 
 
 class FolderStream:
-    """Shuffled epochs over a caption table, sharded by rank; unreadable clips are skipped and counted."""
+    """Shuffled epochs over a caption table, sharded by rank; each clip gives a window of ``frames`` frames at
+    ``fps`` true-speed frames per second from a start drawn from (seed, epoch, clip) (:func:`read_window`);
+    unreadable or too-short clips are skipped and counted. ``batch_fps`` holds the rate each clip of the last
+    batch was read at (a short clip's is higher): what an fps-conditioned teacher is fed."""
 
     def __init__(self, root: str, captions: str | None, frames: int, height: int, width: int, batch_size: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, log=print):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, log=print, fps: float = 8.0):
         root_p = Path(root)
         self.clips = read_caption_table(captions_file(root_p, captions), root_p)
-        self.frames, self.height, self.width = frames, height, width
+        self.frames, self.height, self.width, self.fps = frames, height, width, float(fps)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.position = 0  # clips consumed by this rank
         self.skipped: list[str] = []
+        self.batch_fps: list[float] | None = None
         self.log = log
 
-    def _clip_at(self, k: int) -> Clip:
+    def _clip_at(self, k: int) -> tuple[Clip, float]:
+        """The clip at this rank's position ``k``, and where in [0, 1] of its free range its window starts."""
         n = len(self.clips)
         epoch, i = divmod(k * self.world + self.rank, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
-        return self.clips[int(perm[i])]
+        index = int(perm[i])
+        where = float(torch.rand((), generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 1))))
+        return self.clips[index], where
 
     def next_batch(self) -> tuple[torch.Tensor, list[str]]:
-        from .video import read_video
+        from .video import read_window
 
-        pixels, caps = [], []
+        pixels, caps, rates = [], [], []
         tries = 0
         while len(pixels) < self.batch_size:
-            clip = self._clip_at(self.position)
+            clip, where = self._clip_at(self.position)
             self.position += 1
             try:
-                pixels.append(fit_clip(read_video(clip.path), self.frames, self.height, self.width))
-                caps.append(clip.caption)
+                window = read_window(clip.path, self.frames, self.fps, self.height, self.width,
+                                     start=lambda latest, u=where: u * latest)
             except VideoReadError as err:
                 self.skipped.append(clip.path)
                 self.log(f"skipping unreadable clip ({len(self.skipped)} so far): {err}")
                 tries += 1
                 if tries >= max(len(self.clips), 1) * 2:
-                    raise ConfigError(f"no readable video in {len(self.clips)} clips listed for data.path") from None
+                    raise ConfigError(f"no readable video in {len(self.clips)} clips listed for data.path (or every "
+                                      f"one is too short for {self.frames} frames at data.sample_fps "
+                                      f"{self.fps:g}); check the files or lower video.frames") from None
+                continue
+            pixels.append(window.pixels)
+            caps.append(clip.caption)
+            rates.append(window.fps)
+        self.batch_fps = rates
         return torch.stack(pixels), caps
 
     def captions(self) -> list[str]:
@@ -190,6 +204,8 @@ class TinyWorldStream:
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.position = 0
         self.skipped: list[str] = []
+        #: the world's clips are rendered at the recipe's rate
+        self.batch_fps: list[float] | None = None
 
     def next_batch(self) -> tuple[torch.Tensor, list[str]]:
         clips, caps = self.world_mod.random_clips(self.batch_size, seed=mix_seed(self.seed, self.position, self.rank))
@@ -213,4 +229,5 @@ def make_stream(recipe, rank: int = 0, world_size: int = 1, log=print):
     d, v, t = recipe.data, recipe.video, recipe.train
     if d.source == "tiny-world":
         return TinyWorldStream(v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size)
-    return FolderStream(d.path, d.captions, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log)
+    return FolderStream(d.path, d.captions, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log,
+                        fps=d.sample_fps or v.fps)

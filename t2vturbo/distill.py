@@ -194,9 +194,10 @@ class Distiller:
         self.log(f"resumed from {folder} at step {self.step}")
 
     # ------------------------------------------------------------------ one step
-    def training_step(self, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(self, pixels: torch.Tensor, captions: list[str], clip_fps: list[float] | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss and metrics of the step at ``self.step`` (:class:`t2vturbo.step.DistillStep`)."""
-        return self.stepper(pixels, captions, self.step)
+        return self.stepper(pixels, captions, self.step, clip_fps)
 
     def apply_gradients(self, loss: torch.Tensor) -> torch.Tensor | None:
         return self.stepper.apply_gradients(loss)
@@ -245,7 +246,7 @@ class Distiller:
                         raise self._interrupted(signals)
                     t0 = time.perf_counter()
                     pixels, captions = self.stream.next_batch()
-                    loss, metrics = self.training_step(pixels, captions)
+                    loss, metrics = self.training_step(pixels, captions, self.stream.batch_fps)
                     finite = torch.isfinite(loss.detach()).float()
                     if self.world > 1:  # every rank skips together
                         finite = self.acc.reduce(finite.to(self.device), reduction="mean")

@@ -52,6 +52,7 @@ BOUNDS: dict[str, Bound] = {
     "rewards[].weight": FINITE,
     "rewards[].frames": AT_LEAST_1._replace(hint="leave it out for the reward's own"),
     "data.num_workers": NON_NEGATIVE,
+    "data.sample_fps": POSITIVE._replace(hint="leave it out for video.fps"),
     "train.max_steps": AT_LEAST_1, "train.seed": SEED, "train.batch_size": AT_LEAST_1,
     "train.learning_rate": POSITIVE,
     "train.lr_warmup_steps": NON_NEGATIVE._replace(hint="0 = no warm-up"),

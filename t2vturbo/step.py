@@ -111,8 +111,10 @@ class DistillStep:
         random.seed(s)
         return torch.Generator().manual_seed(s)
 
-    def __call__(self, pixels: torch.Tensor, captions: list[str], step: int = 0
+    def __call__(self, pixels: torch.Tensor, captions: list[str], step: int = 0, clip_fps: list[float] | None = None
                  ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss and metrics of training step ``step``; ``clip_fps``: the rate each clip was read at (an
+        fps-conditioned teacher is fed it; default video.fps)."""
         d, teacher, dev = self.recipe.distill, self.teacher, self.device
         gen = self.seed(step)
         b = pixels.shape[0]
@@ -125,7 +127,9 @@ class DistillStep:
 
         # 2. Sample a solver index, its timestep pair, the noise and w ~ U[w_min, w_max].
         index, t_start, t_end, x_t, w, w_emb = draw_step_inputs(d, self.schedule, self.solver_t, latents, gen)
-        fps = self.fps.expand(b) if self.fps is not None else None
+        fps = None
+        if self.fps is not None:
+            fps = self.fps.expand(b) if clip_fps is None else torch.tensor(clip_fps, device=dev, dtype=torch.float32)
         motion = (None if self.motion is None else
                   motion_step_inputs(self.motion, index, latents, d.num_ddim_timesteps, d.guidance_embed_dim))
 

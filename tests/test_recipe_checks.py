@@ -84,6 +84,7 @@ def test_every_numeric_field_has_a_bound():
     """A number added to a recipe dataclass must say where it may lie (BOUNDS), and no bound is left over."""
     recipe = Recipe(rewards=[RewardConfig(name="tiny-image", frames=2)])
     recipe.lora.alpha = 8.0  # the optional numbers, set, so the walk sees them
+    recipe.data.sample_fps = 8.0
     found = {rule for _, rule, _, _ in numbers(recipe)}
     assert found == set(BOUNDS)
 

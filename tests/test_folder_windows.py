@@ -1,0 +1,88 @@
+"""A folder of videos read as the paper's loader does (issue 28, part 1): each clip gives a window of
+``video.frames`` frames at ``data.sample_fps`` true speed from a start drawn from (seed, epoch, clip), the same
+on a resumed stream; a short clip is read whole at a higher rate, which the fps-conditioned teacher is fed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import REPO
+from test_read_window import decode_index, write_clip
+
+from t2vturbo.data import FolderStream
+from t2vturbo.errors import ConfigError
+
+
+def folder(tmp_path, lengths: dict[str, int], rate: float = 25.0):
+    """Clips of ``lengths[name]`` frames at ``rate`` fps, index-coded, with a captions.csv."""
+    root = tmp_path / "clips"
+    root.mkdir(parents=True)
+    for name, n in lengths.items():
+        write_clip(root / f"{name}.mp4", [i / rate for i in range(n)])
+    (root / "captions.csv").write_text("path,caption\n" + "".join(f"{n}.mp4,a clip called {n}\n" for n in lengths))
+    return root
+
+
+def indices(batch: torch.Tensor) -> list[list[int]]:
+    return [[decode_index(f) for f in clip] for clip in batch]
+
+
+def test_windows_are_true_speed_and_drawn_per_epoch(tmp_path):
+    root = folder(tmp_path, {"a": 150, "b": 150})  # 6 s at 25 fps
+    stream = FolderStream(str(root), None, 8, 32, 32, batch_size=2, seed=3, fps=8.0, log=lambda m: None)
+    first = indices(stream.next_batch()[0])
+    for clip in first:  # 8 fps out of 25: steps of 3 or 4 frames (the old reader strode 150 / 8 = 18 frames)
+        assert all(b - a in (3, 4) for a, b in zip(clip, clip[1:], strict=False)), clip
+    assert stream.batch_fps == [8.0, 8.0]
+    second = indices(stream.next_batch()[0])  # epoch 1: the same two clips, new windows
+    assert sorted(c[0] for c in first) != sorted(c[0] for c in second)
+
+
+def test_a_resumed_stream_reads_the_same_windows(tmp_path):
+    root = folder(tmp_path, {"a": 120, "b": 90, "c": 150})
+    straight = FolderStream(str(root), None, 4, 32, 32, batch_size=2, seed=0, fps=8.0, log=lambda m: None)
+    batches = [indices(straight.next_batch()[0]) for _ in range(4)]
+    resumed = FolderStream(str(root), None, 4, 32, 32, batch_size=2, seed=0, fps=8.0, log=lambda m: None)
+    resumed.next_batch()
+    state = resumed.state_dict()
+    again = FolderStream(str(root), None, 4, 32, 32, batch_size=2, seed=0, fps=8.0, log=lambda m: None)
+    again.load_state_dict(state)
+    assert [indices(again.next_batch()[0]) for _ in range(3)] == batches[1:]
+    other = FolderStream(str(root), None, 4, 32, 32, batch_size=2, seed=1, fps=8.0, log=lambda m: None)
+    assert [indices(other.next_batch()[0]) for _ in range(4)] != batches
+
+
+def test_short_clips_are_read_faster_or_skipped(tmp_path):
+    root = folder(tmp_path, {"short": 26, "tiny": 5})  # 1 s and 0.16 s at 25 fps; 16 frames at 8 fps need 1.9 s
+    logged = []
+    stream = FolderStream(str(root), None, 16, 32, 32, batch_size=1, seed=0, fps=8.0, log=logged.append)
+    for _ in range(2):
+        stream.next_batch()
+        assert stream.batch_fps[0] == pytest.approx(15 / 1.001, rel=1e-3)  # the short clip, whole
+    assert stream.skipped and "too short" in logged[0]
+    only_tiny = folder(tmp_path / "t", {"tiny": 5})
+    stream = FolderStream(str(only_tiny), None, 16, 32, 32, batch_size=1, fps=8.0, log=lambda m: None)
+    with pytest.raises(ConfigError, match="too short for 16 frames at data.sample_fps 8"):
+        stream.next_batch()
+
+
+def test_the_teacher_is_fed_the_rate_each_clip_was_read_at(tmp_path):
+    from helpers import small_distill_overrides
+
+    from t2vturbo.config import load_recipe
+    from t2vturbo.distill import Distiller
+
+    root = folder(tmp_path, {"long": 100, "short": 26})
+    recipe = load_recipe(REPO / "recipes" / "tiny.yaml", small_distill_overrides(
+        root, **{"video.frames": 16, "train.batch_size": 2, "rewards": "[]", "sample.prompts": "[]"}))
+    d = Distiller(recipe, tmp_path / "run", progress=False, log=lambda m: None)
+    d.setup()
+    d.stepper.fps = torch.tensor([8])  # treat the tiny teacher as fps-conditioned: record what it is fed
+    seen = []
+    denoise = d.teacher.denoise
+    d.teacher.denoise = lambda *a, fps=None, **k: seen.append(fps) or denoise(*a, fps=fps, **k)
+    pixels, captions = d.stream.next_batch()
+    d.training_step(pixels, captions, d.stream.batch_fps)
+    rates = sorted(d.stream.batch_fps)
+    assert rates[0] == 8.0 and rates[1] == pytest.approx(15 / 1.001, rel=1e-3)
+    assert sorted(seen[-1].tolist()) == pytest.approx(rates)
