@@ -109,7 +109,9 @@ class DataConfig:
     path: str | None = None
     #: CSV or JSONL with columns path, caption (relative to data.path); default: data.path/captions.{csv,jsonl}
     captions: str | None = None
-    num_workers: int = 0
+    #: processes that read and decode clips ahead of the step (None: on a GPU one per core beyond the first, at
+    #: most 4; on the CPU none, since decoding would take cores from the model)
+    num_workers: int | None = None
     #: frames are taken at this rate, true speed, from a random window of each clip (None: video.fps), as the
     #: paper's loader does; a clip shorter than the window is taken whole at the rate that fits it
     sample_fps: float | None = None

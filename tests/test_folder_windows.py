@@ -86,3 +86,24 @@ def test_the_teacher_is_fed_the_rate_each_clip_was_read_at(tmp_path):
     rates = sorted(d.stream.batch_fps)
     assert rates[0] == 8.0 and rates[1] == pytest.approx(15 / 1.001, rel=1e-3)
     assert sorted(seen[-1].tolist()) == pytest.approx(rates)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_loader_workers_read_the_same_batches_and_resume_exactly(tmp_path, workers):
+    root = folder(tmp_path, {"a": 120, "b": 90, "c": 150, "bad": 0})
+    (root / "bad.mp4").write_bytes(b"not a video")  # skipped and counted the same way with workers
+
+    def stream(n):
+        return FolderStream(str(root), None, 4, 32, 32, batch_size=2, seed=0, fps=8.0, num_workers=n,
+                            log=lambda m: None)
+
+    plain = stream(0)
+    want = [indices(plain.next_batch()[0]) for _ in range(4)]
+    loaded = stream(workers)
+    got = [indices(loaded.next_batch()[0]) for _ in range(2)]
+    state = loaded.state_dict()
+    resumed = stream(workers)
+    resumed.load_state_dict(state)
+    got += [indices(resumed.next_batch()[0]) for _ in range(2)]
+    assert got == want
+    assert resumed.skipped == plain.skipped and plain.skipped

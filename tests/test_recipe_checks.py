@@ -85,6 +85,7 @@ def test_every_numeric_field_has_a_bound():
     recipe = Recipe(rewards=[RewardConfig(name="tiny-image", frames=2)])
     recipe.lora.alpha = 8.0  # the optional numbers, set, so the walk sees them
     recipe.data.sample_fps = 8.0
+    recipe.data.num_workers = 1
     found = {rule for _, rule, _, _ in numbers(recipe)}
     assert found == set(BOUNDS)
 
