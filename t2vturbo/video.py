@@ -6,6 +6,7 @@ Decoding and mp4/webm encoding go through PyAV; GIF and PNG frames through Pillo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -82,30 +83,18 @@ def _picked(pick, total: int) -> list[int]:
 
 
 def _decode_file(path: Path, pick=None) -> tuple[torch.Tensor, list[int], int]:
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"cannot read video {path}: it has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            declared = int(stream.frames or 0)  # from the container's header; 0 when it does not say
-            wanted = set(_picked(pick, declared)) if declared and pick is not None else None
-            last = max(wanted) if wanted else None
-            frames, indices, count = [], [], 0
-            for frame in container.decode(stream):
-                if wanted is None or count in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    indices.append(count)
-                count += 1
-                if last is not None and count > last:
-                    break
-    except VideoReadError:
-        raise
-    except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
-        reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
-        raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
+    with _opened(path) as (container, stream):
+        declared = int(stream.frames or 0)  # from the container's header; 0 when it does not say
+        wanted = set(_picked(pick, declared)) if declared and pick is not None else None
+        last = max(wanted) if wanted else None
+        frames, indices, count = [], [], 0
+        for frame in container.decode(stream):
+            if wanted is None or count in wanted:
+                frames.append(frame.to_ndarray(format="rgb24"))
+                indices.append(count)
+            count += 1
+            if last is not None and count > last:
+                break
     if not frames:
         raise VideoReadError(f"cannot read video {path}: it holds no frames")
     if wanted is None:  # everything was decoded: pick from the true count now
@@ -114,6 +103,26 @@ def _decode_file(path: Path, pick=None) -> tuple[torch.Tensor, list[int], int]:
     if indices != sorted(wanted):  # the header's count was wrong: decode it all
         return _decode_all_then_pick(path, pick)
     return _to_tensor(frames), indices, declared
+
+
+@contextlib.contextmanager
+def _opened(path: Path):
+    """(container, its first video stream, decoded with threads): every PyAV failure inside the block becomes one
+    :class:`VideoReadError` line naming the file."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"cannot read video {path}: it has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            yield container, stream
+    except VideoReadError:
+        raise
+    except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
+        reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+        raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
 
 
 def _decode_all_then_pick(path: Path, pick) -> tuple[torch.Tensor, list[int], int]:
@@ -241,34 +250,22 @@ def read_window(path: str | os.PathLike, frames: int, fps: float, height: int, w
     short for that is refused (VideoReadError, one line: the caller skips and counts it). Errors as
     :func:`read_video`.
     """
-    import av
-
     path = Path(path)
     if not path.is_file():
         raise VideoReadError(f"video not found: {path}")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"cannot read video {path}: it has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            duration = _duration(container, stream)
-            rate = fps
-            if frames > 1 and duration < (frames - 1) / fps:
-                ceiling = max_fps or float(stream.average_rate or 4 * fps)
-                rate = (frames - 1) / duration if duration > 0 else math.inf
-                if rate > ceiling:
-                    raise VideoReadError(f"cannot read video {path}: {duration:.2f} s is too short for {frames} "
-                                         f"frames at {ceiling:g} fps or less; it is skipped")
-            latest = max(0.0, duration - (frames - 1) / rate) if frames > 1 else duration
-            t0 = min(max(0.0, float(start(latest))), latest)
-            targets = [t0 + k / rate for k in range(frames)]
-            pixels, times = _decode_window(container, stream, targets, height, width)
-    except VideoReadError:
-        raise
-    except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
-        reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
-        raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
+    with _opened(path) as (container, stream):
+        duration = _duration(container, stream)
+        rate = fps
+        if frames > 1 and duration < (frames - 1) / fps:
+            ceiling = max_fps or float(stream.average_rate or 4 * fps)
+            rate = (frames - 1) / duration if duration > 0 else math.inf
+            if rate > ceiling:
+                raise VideoReadError(f"cannot read video {path}: {duration:.2f} s is too short for {frames} "
+                                     f"frames at {ceiling:g} fps or less; it is skipped")
+        latest = max(0.0, duration - (frames - 1) / rate) if frames > 1 else duration
+        t0 = min(max(0.0, float(start(latest))), latest)
+        targets = [t0 + k / rate for k in range(frames)]
+        pixels, times = _decode_window(container, stream, targets, height, width)
     return Window(pixels=pixels, fps=rate, times=times, duration=duration)
 
 
