@@ -72,7 +72,9 @@ def captions_file(root: Path, captions: str | None) -> Path:
     """``data.captions``, or else the captions.csv / .jsonl / .tsv in the data folder ``root``."""
     if captions is not None:
         return Path(captions)
-    found = [root / n for n in ("captions.csv", "captions.jsonl", "captions.tsv") if (root / n).is_file()]
+    from .recipe_checks import CAPTION_FILES
+
+    found = [root / n for n in CAPTION_FILES if (root / n).is_file()]
     if not found:
         raise ConfigError(f"data.captions not set and {root} has no captions.csv / captions.jsonl")
     return found[0]
@@ -187,15 +189,15 @@ class FolderStream:
         self.skipped: list[str] = []
         self.batch_fps: list[float] | None = None
         self.log = log
+        self._windows = _ClipWindows(self)
         self._items = None  # the loader's iterator, from self.position on
 
     def _next_item(self):
-        dataset = _ClipWindows(self)
         if not self.num_workers:
-            return dataset[self.position]
+            return self._windows[self.position]
         if self._items is None:
             loader = torch.utils.data.DataLoader(
-                dataset, sampler=_From(self.position), batch_size=None, num_workers=self.num_workers,
+                self._windows, sampler=_From(self.position), batch_size=None, num_workers=self.num_workers,
                 prefetch_factor=max(2, self.batch_size), pin_memory=self.pin_memory, worker_init_fn=_one_thread)
             self._items = iter(loader)
         return next(self._items)

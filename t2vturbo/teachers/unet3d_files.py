@@ -319,6 +319,8 @@ def write_lora_adapter(parts: Any, folder: Path, base_spec: str | None, meta: di
     from peft import LoraConfig
     from safetensors.torch import save_file
 
+    from ..defaults import FALLBACK_GUIDANCE
+
     meta = meta or {}
     unet = parts.unet
 
@@ -346,7 +348,7 @@ def write_lora_adapter(parts: Any, folder: Path, base_spec: str | None, meta: di
               str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     (folder / "adapter_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=_json_default) + "\n")
     info = {"guidance_embedding": "sin/cos of w*1000, 256-d (t2vturbo.consistency.guidance_embedding)",
-            "default_guidance": meta.get("default_guidance", 7.5), "fps": meta.get("fps"),
+            "default_guidance": meta.get("default_guidance", FALLBACK_GUIDANCE), "fps": meta.get("fps"),
             "how_to_run": ("load it with `t2vturbo sample --student DIR`, or peft.PeftModel.from_pretrained(unet, DIR) "
                            "on UNet3DConditionModel.from_pretrained(BASE, subfolder='unet', time_cond_proj_dim=256, "
                            "low_cpu_mem_usage=False)")}
