@@ -22,7 +22,8 @@ def _root() -> None:
 
 
 # Each command lives in its own module and registers itself on `app`; core imports happen inside commands.
-for _mod in ("distill_cmd", "sample_cmd", "score_cmd", "export_cmd", "convert_cmd"):
+for _mod in ("distill_cmd", "sample_cmd", "score_cmd", "export_cmd", "convert_cmd", "prepare_cmd", "serve_cmd",
+             "vbench_cmd"):
     try:
         importlib.import_module(f"{__package__}.{_mod}")
     except ModuleNotFoundError as _err:

@@ -103,9 +103,10 @@ class RewardConfig:
 
 @dataclass
 class DataConfig:
-    #: "tiny-world" (procedural, embedded) or "folder" (videos + captions CSV/JSONL)
-    source: Literal["tiny-world", "folder"] = "tiny-world"
-    #: folder of videos (source: folder)
+    #: "tiny-world" (procedural, embedded), "folder" (videos + captions CSV/JSONL), "webdataset" (tar shards of
+    #: mp4 + txt/json, as video2dataset writes) or "latents" (a dataset written by ``t2vturbo prepare``)
+    source: Literal["tiny-world", "folder", "webdataset", "latents"] = "tiny-world"
+    #: folder of videos (folder), shard pattern "shards/{00000..00099}.tar" (webdataset), prepared folder (latents)
     path: str | None = None
     #: CSV or JSONL with columns path, caption (relative to data.path); default: data.path/captions.{csv,jsonl}
     captions: str | None = None

@@ -283,6 +283,14 @@ def make_stream(recipe, rank: int = 0, world_size: int = 1, log=print):
         return TinyWorldStream(v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size)
     cuda = recipe.model.device != "cpu" and torch.cuda.is_available()
     workers = default_workers(cuda) if d.num_workers is None else d.num_workers
+    if d.source == "webdataset":
+        from .webdata import make_webdataset_stream
+
+        return make_webdataset_stream(recipe, rank, world_size, log, num_workers=workers, pin_memory=cuda)
+    if d.source == "latents":
+        from .latents import LatentStream
+
+        return LatentStream(d.path, t.batch_size, t.seed, rank, world_size, log=log, recipe=recipe)
     return FolderStream(d.path, d.captions, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log,
                         fps=d.sample_fps or v.fps, num_workers=workers, pin_memory=cuda)
 
