@@ -156,11 +156,13 @@ def check_values(recipe: Any) -> None:
 
         torch_dtype(r.dtype, f"rewards[{r.name}].dtype")  # named by the reward, as the run names it
     data = recipe.data
-    if data.source != "folder":
+    if data.source == "tiny-world":
         return
     if not data.path:
-        raise ConfigError("data.path is required when data.source is 'folder': set data.path=FOLDER (its videos "
-                          f"and a {' / '.join(CAPTION_FILES)})")
+        what = {"folder": f"FOLDER (its videos and a {' / '.join(CAPTION_FILES)})",
+                "webdataset": "'shards/{00000..00099}.tar' (tar shards of mp4 + txt/json)",
+                "latents": "DIR (a dataset written by `t2vturbo prepare RECIPE --out DIR`)"}[data.source]
+        raise ConfigError(f"data.path is required when data.source is '{data.source}': set data.path={what}")
     if data.captions is not None and Path(data.captions).suffix not in (".csv", ".tsv", ".jsonl"):
         raise ConfigError(f"data.captions {data.captions} must be a .csv, .tsv or .jsonl file (columns path, caption)")
 
@@ -190,4 +192,10 @@ def missing_files(recipe: Any) -> list[str]:
         elif root.is_dir() and not any((root / name).is_file() for name in CAPTION_FILES):
             problems.append(f"data.path {data.path} has no {', '.join(CAPTION_FILES[:-1])} or {CAPTION_FILES[-1]}; "
                             "add one (columns path, caption) or set data.captions=FILE")
+    if data.source == "latents" and data.path:
+        from .latents import INDEX_FILE
+
+        if not (Path(data.path).expanduser() / INDEX_FILE).is_file():
+            problems.append(f"data.path: {data.path} has no {INDEX_FILE}; write it with `t2vturbo prepare RECIPE "
+                            f"--out {data.path}` (or finish an interrupted prepare by running it again)")
     return problems
