@@ -20,6 +20,19 @@ from .errors import ConfigError, VideoReadError
 
 
 @dataclass
+class Encoded:
+    """A batch as a prepared dataset stores it (``data.source: latents``): the VAE posterior's mean and std
+    (B, C, F', h, w) and the captions' text-encoder states (B, L, D), in place of pixels."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    text: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+
+@dataclass
 class Clip:
     path: str
     caption: str

@@ -70,6 +70,7 @@ class Distiller:
         if self.is_main:
             self.folder.prepare(r, self.resume, self.explicit)
         self.acc.wait_for_everyone()
+        self.stream = self.make_stream(r, self.rank, self.world, log=self.log)
         self.teacher = self.build_student()
         self.rewards = self.build_rewards()
         self.optimizer, self.scheduler = self.build_optimizer()
@@ -81,7 +82,6 @@ class Distiller:
         self.stepper = DistillStep(r, self.teacher, self.rewards, optimizer=self.optimizer, scheduler=self.scheduler,
                                    network=self.ddp_network, autocast=self.acc.autocast, backward=self.acc.backward,
                                    clip_grad=self.acc.clip_grad_norm_, motion=self.motion, ema=ema, rank=self.rank)
-        self.stream = self.make_stream(r, self.rank, self.world, log=self.log)
         if r.train.cache_text:
             self.cache_text(self.stream.captions())
         if self.resume:
@@ -106,8 +106,20 @@ class Distiller:
         """The teacher, and the student as the same network with a LoRA adapter and a guidance projection (no
         second copy); T2V-Turbo-v2's motion projections too with ``distill.motion``."""
         r = self.recipe
-        teacher = self.load_teacher(r.model.teacher, device=self.device,
-                                    dtype=torch_dtype(r.model.dtype, "model.dtype"))
+        dtype = torch_dtype(r.model.dtype, "model.dtype")
+        prepared = getattr(self.stream, "text_table", None)
+        if prepared is None:
+            teacher = self.load_teacher(r.model.teacher, device=self.device, dtype=dtype)
+        else:  # training from prepared latents: no text encoder is built, the VAE keeps its decoder only
+            table = prepared()
+            missing = [p for p in r.sample.prompts if p not in table]
+            if missing:
+                raise ConfigError(f"sample.prompts {missing[0]!r} was not encoded when data.path was prepared; "
+                                  "run t2vturbo prepare again with these sample.prompts (it keeps the shards "
+                                  "and rewrites the prompts) or set 'sample.prompts=[]'")
+            teacher = self.load_teacher(r.model.teacher, device=self.device, dtype=dtype, text_table=table)
+            freed = teacher.drop_vae_encoder()
+            self.log(f"training from prepared latents: no text encoder, VAE encoder freed ({freed / 2**20:.0f} MiB)")
         torch.manual_seed(r.train.seed)  # LoRA A init depends on the seed, identical on every rank
         make_student(teacher, r.lora, r.distill.guidance_embed_dim)
         m = r.distill.motion
@@ -157,7 +169,9 @@ class Distiller:
         the rewards' text methods answer from the cache from then on (the same tensors they would compute).
         Returns the bytes of weights freed."""
         prompts = list(dict.fromkeys([*captions, *self.recipe.sample.prompts, ""]))
-        freed = self.teacher.release_text_encoder(_rewards.prompt_table(self.teacher.encode_text, prompts))
+        freed = 0
+        if self.teacher.text_encoder is not None:  # (prepared latents: the teacher has none; its text is stored)
+            freed = self.teacher.release_text_encoder(_rewards.prompt_table(self.teacher.encode_text, prompts))
         for _, model in self.rewards:
             freed += model.cache_prompts(prompts)
         _rewards.return_freed_memory()

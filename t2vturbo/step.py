@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import Recipe
 from .consistency import consistency_loss, guidance_embedding, lcm_guidance
-from .data import mix_seed
+from .data import Encoded, mix_seed
 from .motion import MotionGuidance, MotionStep, motion_guided_noise, motion_step_inputs
 from .rewards import RewardModel, reward_frame_indices
 from .student import dropout_off, split_dropouts, teacher_mode, trainable_parameters
@@ -111,18 +111,24 @@ class DistillStep:
         random.seed(s)
         return torch.Generator().manual_seed(s)
 
-    def __call__(self, pixels: torch.Tensor, captions: list[str], step: int = 0, clip_fps: list[float] | None = None
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss and metrics of training step ``step``; ``clip_fps``: the rate each clip was read at (an
-        fps-conditioned teacher is fed it; default video.fps)."""
+    def __call__(self, pixels: torch.Tensor | Encoded, captions: list[str], step: int = 0,
+                 clip_fps: list[float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss and metrics of training step ``step``; ``pixels``: the clips (B, F, 3, H, W), or their
+        prepared latents and text states (:class:`t2vturbo.data.Encoded`); ``clip_fps``: the rate each clip was
+        read at (an fps-conditioned teacher is fed it; default video.fps)."""
         d, teacher, dev = self.recipe.distill, self.teacher, self.device
         gen = self.seed(step)
-        b = pixels.shape[0]
+        b = len(captions)
 
-        # 1. Encode the clip and the captions (frozen).
+        # 1. Encode the clip and the captions (frozen): a prepared batch is drawn from its stored posterior with
+        # the same random numbers encode_video would use, and its text states are the text encoder's.
         with torch.no_grad():
-            latents = teacher.encode_video(pixels.to(dev))
-            cond = teacher.encode_text(captions)
+            if isinstance(pixels, Encoded):
+                latents = teacher.sample_latents(pixels.mean.to(dev), pixels.std.to(dev))
+                cond = pixels.text.to(dev, latents.dtype)
+            else:
+                latents = teacher.encode_video(pixels.to(dev))
+                cond = teacher.encode_text(captions)
             uncond = self.uncond.expand(b, -1, -1)
 
         # 2. Sample a solver index, its timestep pair, the noise and w ~ U[w_min, w_max].

@@ -24,6 +24,18 @@ from ..errors import CheckpointError, ConfigError
 from .common import move_modules
 
 
+class _Dropped(nn.Module):
+    """Stands where a freed VAE encoder was (an empty module: code that counts its layers still runs)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.what = name
+
+    def forward(self, *args, **kwargs):
+        raise ConfigError(f"the VAE's {self.what} was freed (training from prepared latents); this run cannot "
+                          "encode videos: use data.source folder or webdataset")
+
+
 class Teacher:
     """A latent text-to-video teacher (and, with an adapter, its student). Subclasses set the attributes and
     implement the methods that raise :class:`NotImplementedError` here."""
@@ -202,8 +214,36 @@ class Teacher:
         returns the bytes of weights freed (``train.cache_text``)."""
         from ..rewards import cached_lookup
 
-        freed = sum(p.numel() * p.element_size() for p in self.text_encoder.parameters())
+        encoder = self.text_encoder
+        freed = 0 if encoder is None else sum(p.numel() * p.element_size() for p in encoder.parameters())
         self.text_encoder = None
         self.encode_text = cached_lookup(table, "the teacher's text cache")
+        return freed
+
+    # ------------------------------------------------------------------ prepared latents (t2vturbo prepare)
+    def encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels (B, F, 3, H, W) in [0, 1] -> the VAE posterior's mean and standard deviation, both (B, C, F', h,
+        w) in the network's latent space (scaled / normalised as :meth:`encode_video` returns latents), so that
+        :meth:`sample_latents` draws what :meth:`encode_video` would (``t2vturbo prepare`` stores them)."""
+        raise ConfigError(f"{self.name} cannot store VAE latents (its family has no encode_moments); train it "
+                          "from videos (data.source folder or webdataset)")
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """A sample of the posterior from stored moments: the same draw, from the same random numbers, as
+        :meth:`encode_video` makes from the pixels (a family whose VAE draws in another layout overrides it)."""
+        where = generator.device if generator is not None else mean.device  # as diffusers' randn_tensor draws
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=where)
+        return (mean + std * eps.to(mean.device)).to(self.dtype)
+
+    def drop_vae_encoder(self) -> int:
+        """Free the VAE's encoder (training from prepared latents decodes only, for the rewards); returns the
+        bytes freed. Later :meth:`encode_video` calls fail."""
+        freed = 0
+        for name in ("encoder", "quant_conv"):
+            module = getattr(self.vae, name, None)
+            if isinstance(module, nn.Module):
+                freed += sum(p.numel() * p.element_size() for p in module.parameters())
+                setattr(self.vae, name, _Dropped(name))
         return freed
 

@@ -59,9 +59,9 @@ class FolderParts:
 
 
 def load_folder(spec: str, classes: dict[str, Any], what: str, how: str, fix: str, cannot: str,
-                load_fix: str | None = None) -> FolderParts:
+                load_fix: str | None = None, skip: tuple[str, ...] = ()) -> FolderParts:
     """Resolve ``spec`` (folder or cached hub id; ``how`` names where it is given) and ``from_pretrained`` each
-    ``classes[subfolder]``.
+    ``classes[subfolder]`` (those named in ``skip`` are neither required nor loaded: None).
 
     One-line errors: a missing subfolder names ``what`` kind of folder it is and ``fix``; a component that fails
     to load gives ``cannot``, its first line, and ``load_fix`` (default ``fix``).
@@ -69,6 +69,7 @@ def load_folder(spec: str, classes: dict[str, Any], what: str, how: str, fix: st
     from ..errors import MissingWeightError
     from ..hub import resolve_pretrained_dir
 
+    classes = {sub: cls for sub, cls in classes.items() if sub not in skip}
     subs = " ".join(f"{s}/" for s in classes)
     root = Path(resolve_pretrained_dir(spec, f"{subs} scheduler/", how))
     for sub in classes:
@@ -76,6 +77,7 @@ def load_folder(spec: str, classes: dict[str, Any], what: str, how: str, fix: st
             raise MissingWeightError(f"{root} has no {sub}/ folder; {what} needs {subs} ({fix})")
     try:
         modules = {sub: cls.from_pretrained(root / sub) for sub, cls in classes.items()}
+        modules.update({sub: None for sub in skip})
     except OSError as err:
         first = str(err).splitlines()[0]
         raise MissingWeightError(f"{cannot} at {root}: {first}; {load_fix or fix}") from None

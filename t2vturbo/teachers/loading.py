@@ -21,6 +21,8 @@ class Family:
     teacher_class: type[Teacher]
     matches: Callable[[str], bool]
     load: Callable[[str], Teacher]
+    #: load without building the text encoder (training from prepared latents); None: ``load``, then free it
+    load_without_text: Callable[[str], Teacher] | None = None
 
 
 _FAMILIES: list[Family] = []
@@ -58,19 +60,30 @@ def _register_builtin() -> None:
     _FAMILIES.extend([
         Family("tiny", UNet3DTeacher, lambda spec: spec == "tiny", load_tiny),
         Family("tiny-wan", WanTeacher, lambda spec: spec == "tiny-wan", lambda spec: build_tiny_wan()),
-        Family("wan", WanTeacher, is_wan_spec, load_wan_teacher),
-        Family("unet3d", UNet3DTeacher, lambda spec: True, load_diffusers_teacher),
+        Family("wan", WanTeacher, is_wan_spec, load_wan_teacher,
+               lambda spec: load_wan_teacher(spec, text_encoder=False)),
+        Family("unet3d", UNet3DTeacher, lambda spec: True, load_diffusers_teacher,
+               lambda spec: load_diffusers_teacher(spec, text_encoder=False)),
     ])
 
 
-def load_teacher(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Teacher:
+def load_teacher(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+                 text_table: dict[str, torch.Tensor] | None = None) -> Teacher:
     """Load a teacher from ``tiny`` / ``tiny-wan`` (built in), a diffusers-layout folder, a hub id in the local
     cache (``Wan-AI/...`` ids are Wan), or a spec a registered family takes; frozen and in eval mode.
+
+    ``text_table`` (prompt -> text-encoder states, as a prepared dataset stores them): the teacher answers
+    ``encode_text`` from it and its text encoder is never built (or, for a family that cannot skip it, freed).
 
     Raises:
         MissingWeightError: one line naming what to download and where to put it.
     """
-    return family_of(spec).load(spec).freeze().to(device=device, dtype=dtype)
+    family = family_of(spec)
+    if text_table is None:
+        return family.load(spec).freeze().to(device=device, dtype=dtype)
+    teacher = (family.load_without_text or family.load)(spec)
+    teacher.release_text_encoder({p: v.to(device=device, dtype=dtype) for p, v in text_table.items()})
+    return teacher.freeze().to(device=device, dtype=dtype)
 
 
 def describe_family(spec: str) -> dict[str, str]:

@@ -123,6 +123,26 @@ class UNet3DTeacher(Teacher):
     def decode_video(self, latents: torch.Tensor, frames: list[int] | None = None, chunk: int = 0) -> torch.Tensor:
         return decode_latents(self, latents, frames, chunk)
 
+    def encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, f = pixels.shape[:2]
+        flat = (pixels.reshape(b * f, *pixels.shape[2:]) * 2.0 - 1.0).to(next(self.vae.parameters()).dtype)
+        dist = self.vae.encode(flat).latent_dist
+
+        def layout(x):  # (B F, C, h, w) -> (B, C, F, h, w), scaled
+            x = x * self.vae_scale
+            return x.reshape(b, f, *x.shape[1:]).permute(0, 2, 1, 3, 4).to(self.dtype)
+
+        return layout(dist.mean), layout(dist.std)
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        # encode_video draws the posterior noise per frame image, (B F, C, h, w): the same numbers in that order
+        b, c, f, h, w = mean.shape
+        where = generator.device if generator is not None else mean.device
+        eps = torch.randn((b * f, c, h, w), generator=generator, dtype=mean.dtype, device=where)
+        eps = eps.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4).to(mean.device)
+        return (mean + std * eps).to(self.dtype)
+
     def denoise(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_cond: torch.Tensor | None = None,
                 fps: torch.Tensor | int | None = None, network: nn.Module | None = None,
                 motion_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +257,7 @@ def encode_pixels(parts: UNet3DTeacher, pixels: torch.Tensor, generator: torch.G
     return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4).to(parts.dtype)
 
 
-def load_diffusers_teacher(spec: str) -> UNet3DTeacher:
+def load_diffusers_teacher(spec: str, text_encoder: bool = True) -> UNet3DTeacher:
     """Load a ModelScope/diffusers text-to-video folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -247,7 +267,8 @@ def load_diffusers_teacher(spec: str) -> UNet3DTeacher:
     folder = load_folder(spec, {"unet": UNet3DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
                                 "tokenizer": CLIPTokenizer},
                          "a diffusers text-to-video folder", how, f"pass it with {how}", "cannot load the model",
-                         f"check the folder or pass another with {how}")
+                         f"check the folder or pass another with {how}",
+                         skip=() if text_encoder else ("text_encoder",))
     root, m = folder.root, folder.modules
     unet = m["unet"]
     default_fps = None

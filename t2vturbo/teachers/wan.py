@@ -146,6 +146,12 @@ class WanTeacher(Teacher):
         mean, std = self._latent_stats(z)
         return ((z - mean) / std).to(self.dtype)
 
+    def encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (pixels.permute(0, 2, 1, 3, 4) * 2.0 - 1.0).to(self.vae.dtype)
+        dist = self.vae.encode(x).latent_dist
+        mean, std = self._latent_stats(dist.mean)
+        return ((dist.mean - mean) / std).to(self.dtype), (dist.std / std).to(self.dtype)
+
     def decode_video(self, latents: torch.Tensor, frames: list[int] | None = None, chunk: int = 0) -> torch.Tensor:
         """Normalised latents -> pixels (B, F, 3, H, W) in [0, 1], ``(x / 2 + 0.5).clamp(0, 1)`` (differentiable).
 
@@ -312,7 +318,7 @@ def is_wan_spec(spec: str) -> bool:
     return not p.exists() and "/" in spec and "wan" in spec.lower()
 
 
-def load_wan_teacher(spec: str) -> WanTeacher:
+def load_wan_teacher(spec: str, text_encoder: bool = True) -> WanTeacher:
     """Load a Wan2.1 diffusers folder or a hub id in the local cache (transformer/ vae/ text_encoder/ tokenizer/
     scheduler/)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -322,7 +328,8 @@ def load_wan_teacher(spec: str) -> WanTeacher:
     get = f"get it with `hf download {WAN_HUB_ID} --local-dir DIR`"
     folder = load_folder(spec, {"transformer": WanTransformer3DModel, "vae": AutoencoderKLWan,
                                 "text_encoder": UMT5EncoderModel, "tokenizer": AutoTokenizer},
-                         "a Wan folder", how, get, "cannot load the Wan model")
+                         "a Wan folder", how, get, "cannot load the Wan model",
+                         skip=() if text_encoder else ("text_encoder",))
     m = folder.modules
     return WanTeacher(transformer=m["transformer"], vae=m["vae"], text_encoder=m["text_encoder"],
                       tokenizer=m["tokenizer"], schedule=FlowSchedule.from_scheduler_config(folder.scheduler_config),
