@@ -10,6 +10,8 @@ Clips are generated once into ``--cache`` (360p / 720p / 1080p x 5 s / 30 s at 2
 
     python bench/data_throughput.py                      # the full table (generates ~1 GB of clips once)
     python bench/data_throughput.py --sizes 360 --lengths 5 --repeats 1   # a quick look
+    python bench/data_throughput.py --distill tiny-world,folder-0,folder-1,folder-2   # s/step from each source
+    python bench/data_throughput.py --distill mid-folder,mid-latents    # the mid-size teacher: videos vs prepared
 """
 
 from __future__ import annotations
@@ -70,6 +72,109 @@ def read_once(reader: str, path: str, frames: int, fps: float, size: int) -> dic
     return {"seconds": seconds, "peak_mib": peak, "imports_mib": before}
 
 
+DISTILL_KINDS = ("tiny-world", "folder-0", "folder-1", "folder-2", "mid-folder", "mid-latents")
+
+
+def mid_loader(spec, device="cpu", dtype=None, text_table=None):
+    """The mid-size teacher of bench/midsize.py in place of the recipe's (a table: answered from it, as
+    ``load_teacher(text_table=...)`` does)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from midsize import build_midsize_teacher
+
+    teacher = build_midsize_teacher(seed=0, with_text=text_table is None)  # as load_teacher builds none
+    if text_table is not None:
+        teacher.release_text_encoder(text_table)
+    return teacher.freeze().to(device=device, dtype=dtype)
+
+
+def distill_overrides(kind: str, args, prepared: Path) -> list[str]:
+    ov = ["model.device=cpu", f"train.max_steps={args.steps}", "train.checkpoint_every=100000", "sample.prompts=[]"]
+    if kind.startswith("folder-"):
+        ov += ["data.source=folder", f"data.path={args.cache}", f"data.num_workers={kind.split('-')[1]}"]
+    elif kind.startswith("mid-"):
+        ov += [f"video.frames={args.mid_frames}", f"video.height={args.mid_size}", f"video.width={args.mid_size}",
+               "train.batch_size=1", "data.num_workers=0"]
+        ov += (["data.source=folder", f"data.path={args.cache}"] if kind == "mid-folder"
+               else ["data.source=latents", f"data.path={prepared}"])
+    return ov
+
+
+def distill_once(kind: str, args) -> dict:
+    """A few distillation steps in this process (recipes/tiny.yaml; the mid-size teacher for mid-*): the median
+    s/step of the steps after the first two, and the process's peak RSS."""
+    import statistics
+    import tempfile
+
+    from t2vturbo.config import load_recipe
+    from t2vturbo.distill import Distiller
+
+    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}"
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml", distill_overrides(kind, args, prepared))
+    extra = {"load_teacher": mid_loader} if kind.startswith("mid-") else {}
+    with tempfile.TemporaryDirectory() as out:
+        d = Distiller(recipe, out, progress=False, log=lambda m: None, **extra)
+        d.setup()
+        d.train()
+        rows = [json.loads(line) for line in d.folder.metrics.read_text().splitlines()]
+    seconds = [r["seconds"] for r in rows[2:]] or [r["seconds"] for r in rows]
+    return {"seconds": statistics.median(seconds), "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def prepare_mid(args) -> tuple[Path, float]:
+    """Prepare the clip folder for the mid-size rows once (cached); returns the folder and its seconds per clip."""
+    from t2vturbo.config import load_recipe
+    from t2vturbo.latents import INDEX_FILE, prepare_dataset
+
+    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}"
+    if (prepared / INDEX_FILE).is_file():
+        return prepared, float("nan")
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml",
+                         distill_overrides("mid-folder", args, prepared) + ["sample.prompts=[]"])
+    t0 = time.perf_counter()
+    index = prepare_dataset(recipe, prepared, load_teacher=mid_loader, log=lambda m: None)
+    return prepared, (time.perf_counter() - t0) / max(1, index["clips"])
+
+
+def distill_table(args) -> None:
+    """s/step and peak RSS of each kind, each in a child process of its own, in turn (A B C ... A B C ...)."""
+    cache = Path(args.cache)
+    for size, length in ((720, 5), (720, 30), (1080, 5), (1080, 30)):
+        w, h = SIZES[size]
+        make_clip(cache / f"{size}p-{length:g}s.mp4", w, h, length)
+    captions = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
+                "a yellow circle moving down"]
+    (cache / "captions.csv").write_text("path,caption\n" + "".join(
+        f"{n},{c}\n" for n, c in zip(["720p-5s.mp4", "720p-30s.mp4", "1080p-5s.mp4", "1080p-30s.mp4"], captions,
+                                     strict=True)))
+    kinds = [k for k in args.distill.split(",") if k]
+    if any(k == "mid-latents" for k in kinds):
+        _, per_clip = prepare_mid(args)
+        print(f"prepare (mid-size teacher, {args.mid_frames}x{args.mid_size}): {per_clip:.2f} s per clip, once")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(args.repeats):
+        for kind in kinds:
+            cmd = [sys.executable, __file__, "--distill-child", kind, "--steps", str(args.steps), "--cache", args.cache,
+                   "--mid-frames", str(args.mid_frames), "--mid-size", str(args.mid_size)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            runs[kind].append(json.loads(line[7:]) if line else
+                              {"error": (out.stderr.strip().splitlines() or ["killed"])[-1][:120]})
+    print(f"distillation, recipes/tiny.yaml, {args.steps} steps (median s/step of steps 3+, median of {args.repeats} "
+          "runs); folder-N: 720p/1080p clips with N loader workers; mid-*: the mid-size teacher at "
+          f"{args.mid_frames}x{args.mid_size}x{args.mid_size}, batch 1")
+    med = {}
+    for kind, results in runs.items():
+        ok = [r for r in results if "error" not in r]
+        if not ok:
+            print(f"{kind:<12} failed: {results[0]['error']}")
+            continue
+        med[kind] = (sorted(r["seconds"] for r in ok)[len(ok) // 2], sorted(r["peak_mib"] for r in ok)[len(ok) // 2])
+    for kind, (sec, mib) in med.items():
+        base = "mid-folder" if kind.startswith("mid-") else "tiny-world"
+        ratio = f"{sec / med[base][0]:.2f}x s, {mib / med[base][1]:.2f}x RSS vs {base}" if base in med else ""
+        print(f"{kind:<12} {sec:>7.3f} s/step {mib:>8.0f} MiB   {ratio}")
+
+
 def child(reader: str, path: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--child", reader, str(path), "--frames", str(args.frames), "--fps",
            str(args.fps), "--size", str(args.size)]
@@ -90,7 +195,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="reads of each kind (A B A B), the median is printed")
     ap.add_argument("--cache", default="/tmp/t2vturbo-bench-clips")
     ap.add_argument("--child", nargs=2, metavar=("READER", "PATH"))
+    ap.add_argument("--distill", default="", help=f"instead of the read table, distillation s/step of these kinds "
+                    f"(comma-separated: {','.join(DISTILL_KINDS)})")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--mid-frames", type=int, default=8)
+    ap.add_argument("--mid-size", type=int, default=128)
+    ap.add_argument("--distill-child")
     args = ap.parse_args()
+    if args.distill_child:
+        print("RESULT " + json.dumps(distill_once(args.distill_child, args)))
+        return
+    if args.distill:
+        distill_table(args)
+        return
     if args.child:
         print("RESULT " + json.dumps(read_once(args.child[0], args.child[1], args.frames, args.fps, args.size)))
         return

@@ -42,10 +42,12 @@ TEXT_CONFIG = dict(
 )
 
 
-def build_teacher(unet: dict, vae: dict, text: dict, seed: int = 0, name: str = "bench-random"):
+def build_teacher(unet: dict, vae: dict, text: dict, seed: int = 0, name: str = "bench-random",
+                  with_text: bool = True):
     """A ModelScope-family :class:`t2vturbo.teachers.UNet3DTeacher` built from configs (UNet3DConditionModel,
     AutoencoderKL and CLIP text encoder kwargs), random weights from ``seed`` (the global RNG is left as it was),
-    frozen, eval; the tiny teacher's word-level tokenizer with CLIP's prompt length."""
+    frozen, eval; the tiny teacher's word-level tokenizer with CLIP's prompt length. ``with_text=False``: no text
+    encoder (a run from prepared latents, whose text states are stored)."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -62,19 +64,20 @@ def build_teacher(unet: dict, vae: dict, text: dict, seed: int = 0, name: str = 
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, **text,
-        ))
+        )) if with_text else None
     for m in (unet_model, vae_model, text_encoder):
-        m.requires_grad_(False).eval()
+        if m is not None:
+            m.requires_grad_(False).eval()
     return UNet3DTeacher(unet=unet_model, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
                          schedule=VPSchedule.standard(), name=name,
                          vae_scale=float(vae_model.config.scaling_factor))
 
 
-def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2):
+def build_midsize_teacher(seed: int = 0, width: int = 64, layers: int = 2, with_text: bool = True):
     """The mid-size model (:func:`build_teacher`): UNet block widths (width, 2*width, 4*width), ``layers`` per
     block."""
     unet = dict(UNET_CONFIG, block_out_channels=(width, 2 * width, 4 * width), layers_per_block=layers)
-    return build_teacher(unet, VAE_CONFIG, TEXT_CONFIG, seed=seed, name="midsize-random")
+    return build_teacher(unet, VAE_CONFIG, TEXT_CONFIG, seed=seed, name="midsize-random", with_text=with_text)
 
 
 def count_params(module: torch.nn.Module) -> int:
