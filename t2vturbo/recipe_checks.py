@@ -192,6 +192,15 @@ def missing_files(recipe: Any) -> list[str]:
         elif root.is_dir() and not any((root / name).is_file() for name in CAPTION_FILES):
             problems.append(f"data.path {data.path} has no {', '.join(CAPTION_FILES[:-1])} or {CAPTION_FILES[-1]}; "
                             "add one (columns path, caption) or set data.captions=FILE")
+    if data.source == "webdataset" and data.path:
+        from .webdata import shard_problem
+
+        try:
+            problem = shard_problem(data.path)
+        except ConfigError as err:
+            problem = str(err)
+        if problem:
+            problems.append(problem)
     if data.source == "latents" and data.path:
         from .latents import INDEX_FILE
 

@@ -7,6 +7,7 @@ Decoding and mp4/webm encoding go through PyAV; GIF and PNG frames through Pillo
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import re
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -106,15 +108,18 @@ def _decode_file(path: Path, pick=None) -> tuple[torch.Tensor, list[int], int]:
 
 
 @contextlib.contextmanager
-def _opened(path: Path):
+def _opened(path: Path | BinaryIO, name: str | None = None):
     """(container, its first video stream, decoded with threads): every PyAV failure inside the block becomes one
-    :class:`VideoReadError` line naming the file."""
+    :class:`VideoReadError` line naming the file (``name``, else the path). ``path`` may also be a binary file
+    object (e.g. ``io.BytesIO`` of a tar member): PyAV reads it in place."""
     import av
 
+    if name is None:
+        name = str(path)
     try:
-        with av.open(str(path)) as container:
+        with av.open(path if hasattr(path, "read") else str(path)) as container:
             if not container.streams.video:
-                raise VideoReadError(f"cannot read video {path}: it has no video stream")
+                raise VideoReadError(f"cannot read video {name}: it has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             yield container, stream
@@ -122,7 +127,7 @@ def _opened(path: Path):
         raise
     except Exception as err:  # PyAV raises many types (InvalidDataError, OSError, ValueError, ...)
         reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
-        raise VideoReadError(f"cannot read video {path}: not a decodable video file ({reason})") from None
+        raise VideoReadError(f"cannot read video {name}: not a decodable video file ({reason})") from None
 
 
 def _decode_all_then_pick(path: Path, pick) -> tuple[torch.Tensor, list[int], int]:
@@ -234,8 +239,9 @@ class Window:
     duration: float
 
 
-def read_window(path: str | os.PathLike, frames: int, fps: float, height: int, width: int,
-                start: Callable[[float], float] = lambda latest: 0.0, max_fps: float | None = None) -> Window:
+def read_window(path: str | os.PathLike | bytes | BinaryIO, frames: int, fps: float, height: int, width: int,
+                start: Callable[[float], float] = lambda latest: 0.0, max_fps: float | None = None,
+                name: str | None = None) -> Window:
     """Decode ``frames`` frames at ``fps`` true-speed frames per second, from a start time ``start(latest)`` picks
     in [0, latest], resized (short side) and centre-cropped to ``height`` x ``width``.
 
@@ -249,18 +255,30 @@ def read_window(path: str | os.PathLike, frames: int, fps: float, height: int, w
     rate), up to ``max_fps`` (default: the file's own frame rate, beyond which frames would repeat); a clip too
     short for that is refused (VideoReadError, one line: the caller skips and counts it). Errors as
     :func:`read_video`.
+
+    ``path`` may also be the file's bytes or a seekable binary file object (a tar shard's member); ``name`` is
+    what the error lines call it (default: the path, or ``video bytes``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VideoReadError(f"video not found: {path}")
-    with _opened(path) as (container, stream):
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        name = name or "video bytes"
+        if not len(path):
+            raise VideoReadError(f"cannot read video {name}: it is empty (0 bytes)")
+        path = io.BytesIO(path)
+    elif hasattr(path, "read"):
+        name = name or str(getattr(path, "name", "video stream"))
+    else:
+        path = Path(path)
+        name = name or str(path)
+        if not path.is_file():
+            raise VideoReadError(f"video not found: {name}")
+    with _opened(path, name) as (container, stream):
         duration = _duration(container, stream)
         rate = fps
         if frames > 1 and duration < (frames - 1) / fps:
             ceiling = max_fps or float(stream.average_rate or 4 * fps)
             rate = (frames - 1) / duration if duration > 0 else math.inf
             if rate > ceiling:
-                raise VideoReadError(f"cannot read video {path}: {duration:.2f} s is too short for {frames} "
+                raise VideoReadError(f"cannot read video {name}: {duration:.2f} s is too short for {frames} "
                                      f"frames at {ceiling:g} fps or less; it is skipped")
         latest = max(0.0, duration - (frames - 1) / rate) if frames > 1 else duration
         t0 = min(max(0.0, float(start(latest))), latest)
