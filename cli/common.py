@@ -18,18 +18,20 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from rich.markup import escape
+
         from t2vturbo.errors import T2VTurboError, TrainingInterrupted
 
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as err:
-            console.print(f"[yellow]interrupted:[/] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]interrupted:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except T2VTurboError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except PermissionError as err:
-            console.print(f"[bold red]error:[/] cannot write {err.filename}: permission denied; choose a writable "
+            console.print(f"[bold red]error:[/] cannot write {escape(str(err.filename))}: permission denied; choose a writable "
                           "--output-dir/--out", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
