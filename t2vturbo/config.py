@@ -119,9 +119,24 @@ class DataConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """``train.parallel: fsdp``: what a user tunes of FSDP2 (torch's ``fully_shard``; one unit per block of the
+    family's network, then the network)."""
+
+    #: free each unit's gathered weights after its forward (less memory, one more all-gather in the backward)
+    reshard_after_forward: bool = True
+    #: keep the sharded parameters, gradients and optimiser states in CPU memory (CUDA only)
+    cpu_offload: bool = False
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 10000
     seed: int = 0
+    #: several processes: "ddp" (every rank holds the whole network) or "fsdp" (FSDP2: parameters, gradients and
+    #: optimiser states sharded across ranks; the frozen rewards are replicated)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     batch_size: int = 1
     learning_rate: float = 1e-5
     lr_warmup_steps: int = 0
@@ -357,7 +372,7 @@ REWARD_DOWNLOADS = {
     "internvideo2": [("OpenGVLab/InternVideo2-Stage2_1B-224p-f4", "InternVideo2-stage2_1b-224p-f4.pt"),
                      ("google-bert/bert-large-uncased", "vocab.txt")],
 }
-BUILT_IN_TEACHERS = ("tiny", "tiny-wan")
+BUILT_IN_TEACHERS = ("tiny", "tiny-wan", "tiny-wan22", "tiny-wan22-5b")
 
 
 def downloads(recipe: Recipe) -> list[tuple[str, bool]]:

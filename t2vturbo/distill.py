@@ -73,15 +73,25 @@ class Distiller:
         self.stream = self.make_stream(r, self.rank, self.world, log=self.log)
         self.teacher = self.build_student()
         self.rewards = self.build_rewards()
-        self.optimizer, self.scheduler = self.build_optimizer()
-        self.ddp_network, self.optimizer = self.acc.prepare(self.network, self.optimizer)
+        self.sharded = r.train.parallel == "fsdp"
+        clip_grad = self.acc.clip_grad_norm_
+        if self.sharded:  # FSDP2: the network sharded in place, block by block (t2vturbo.parallel)
+            from .parallel import clip_grad_norm, shard_network
+
+            units = shard_network(self.teacher, r, self.device)
+            self.log(f"FSDP: the network sharded in {units} units over {self.world} process(es)")
+            self.optimizer, self.scheduler = self.build_optimizer()
+            self.ddp_network, clip_grad = self.network, clip_grad_norm
+        else:
+            self.optimizer, self.scheduler = self.build_optimizer()
+            self.ddp_network, self.optimizer = self.acc.prepare(self.network, self.optimizer)
         ema = EMATarget(self.network, r.distill.ema_decay) if r.distill.target == "ema" else None
         if r.distill.num_train_timesteps != self.teacher.schedule.num_train_timesteps:
             raise ConfigError(f"distill.num_train_timesteps is {r.distill.num_train_timesteps} but the teacher's "
                               f"schedule has {self.teacher.schedule.num_train_timesteps}; set it to match")
         self.stepper = DistillStep(r, self.teacher, self.rewards, optimizer=self.optimizer, scheduler=self.scheduler,
                                    network=self.ddp_network, autocast=self.acc.autocast, backward=self.acc.backward,
-                                   clip_grad=self.acc.clip_grad_norm_, motion=self.motion, ema=ema, rank=self.rank)
+                                   clip_grad=clip_grad, motion=self.motion, ema=ema, rank=self.rank)
         if r.train.cache_text:
             self.cache_text(self.stream.captions())
         if self.resume:
@@ -185,18 +195,25 @@ class Distiller:
             self.log(f"no checkpoint under {self.folder.checkpoints}; starting from step 0")
             return
         state, folder = found
+        from .parallel import load_optimizer_state, load_trainable
+
+        made_by = state.get("parallel", "ddp")
+        if made_by != self.recipe.train.parallel:
+            raise ConfigError(f"checkpoint {folder} was written with train.parallel={made_by}; resume with "
+                              f"train.parallel={made_by} (its optimiser state is laid out for it)")
         trainable = {n: p for n, p in self.network.named_parameters() if p.requires_grad}
         missing = [n for n in trainable if n not in state["student"]]
         if missing:
             raise ConfigError(f"checkpoint {folder} does not match this recipe's student (missing {missing[0]}); "
                               "resume with the recipe the run started with")
-        with torch.no_grad():
-            for n, p in trainable.items():
-                p.copy_(state["student"][n])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_trainable(self.network, state["student"])
+        load_optimizer_state(self.network, self.optimizer, state["optimizer"], self.sharded)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.stepper.ema is not None and state.get("ema"):
-            self.stepper.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
+            load_trainable(self.network, state["ema"])  # the shadow, laid out (sharded or not) as its parameters
+            self.stepper.ema.shadow = {n: p.detach().clone() for n, p in self.network.named_parameters()
+                                       if p.requires_grad}
+            load_trainable(self.network, state["student"])
         data = state["data"]
         self.stream.load_state_dict(data[str(self.rank)] if str(self.rank) in data else data["0"])
         rng = state.get("rng", {}).get(str(self.rank))
@@ -294,13 +311,17 @@ class Distiller:
 
     # ------------------------------------------------------------------ saving
     def _state(self) -> dict[str, Any]:
+        """The checkpoint's content (under FSDP gathered whole: every rank calls this; the main process saves)."""
+        from .parallel import full_tensor, gather_trainable, optimizer_state
+
         ema = self.stepper.ema
         return {
             "step": self.step,
-            "student": {n: p.detach() for n, p in self.network.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(),
+            "parallel": self.recipe.train.parallel,
+            "student": gather_trainable(self.network),
+            "optimizer": optimizer_state(self.network, self.optimizer, self.sharded),
             "scheduler": self.scheduler.state_dict(),
-            "ema": ema.shadow if ema is not None else {},
+            "ema": {n: full_tensor(v).cpu() for n, v in ema.shadow.items()} if ema is not None else {},
             "data": {str(self.rank): self.stream.state_dict()},
             "rng": {str(self.rank): rng_state()},
             "recipe": json.loads(json.dumps(self.recipe.to_dict())),
@@ -375,10 +396,37 @@ class Distiller:
 
         return plot_metrics(self.folder.metrics, self.out / "curves.png")
 
-    def write_rank_summary(self) -> Path:
-        """Every rank writes rank-<r>.json: a hash of its student weights (identical across ranks under DDP)."""
-        return self.folder.write_rank_summary(self.rank, self.world, self.step, student_state_dict(self.teacher),
+    def write_rank_summary(self, student: dict[str, torch.Tensor] | None = None) -> Path:
+        """Every rank writes rank-<r>.json: a hash of its student weights (identical across ranks; ``student``:
+        the gathered weights of a sharded run)."""
+        return self.folder.write_rank_summary(self.rank, self.world, self.step,
+                                              student if student is not None else student_state_dict(self.teacher),
                                               self.stream.state_dict())
+
+    def unshard(self) -> dict[str, torch.Tensor]:
+        """After a sharded run: gather the trainable weights (every rank), and give the main process a whole,
+        unsharded student built from them (the teacher loaded again), for saving, samples and the check: what
+        writes the student is the same whatever the parallelism. Returns the gathered weights."""
+        from .parallel import gather_trainable, load_trainable
+
+        full = gather_trainable(self.network)
+        if not self.is_main:
+            return full
+        r = self.recipe
+        table = getattr(self.stream, "text_table", None)
+        extra = {"text_table": table()} if table is not None else {}
+        self.network = self.ddp_network = None
+        teacher = self.load_teacher(r.model.teacher, device=self.device, dtype=torch_dtype(r.model.dtype, "model.dtype"),
+                                    **extra)
+        torch.manual_seed(r.train.seed)
+        make_student(teacher, r.lora, r.distill.guidance_embed_dim)
+        if self.motion is not None:
+            teacher.add_motion_condition()
+        for p in trainable_parameters(teacher.network):
+            p.data = p.data.float()
+        load_trainable(teacher.network, full)
+        self.teacher, self.network = teacher, teacher.network
+        return full
 
     def check(self) -> dict | None:
         """The run's own evidence on the tiny world: its 4-step student judged on every caption, beside the
@@ -396,7 +444,7 @@ class Distiller:
     def run(self) -> Path | None:
         self.setup()
         self.train()
-        self.write_rank_summary()
+        self.write_rank_summary(self.unshard() if self.sharded else None)
         path = self.save_final()
         self.write_samples()
         self.plot_curves()

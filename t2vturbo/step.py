@@ -49,16 +49,20 @@ class EMATarget:
 
     @contextlib.contextmanager
     def weights(self):
+        # copied in place, not swapped: FSDP gathers a sharded parameter from its own storage
         saved = {}
-        for n, p in self.network.named_parameters():
-            if n in self.shadow:
-                saved[n], p.data = p.data, self.shadow[n]
+        with torch.no_grad():
+            for n, p in self.network.named_parameters():
+                if n in self.shadow:
+                    saved[n] = p.detach().clone()
+                    p.copy_(self.shadow[n])
         try:
             yield
         finally:
-            for n, p in self.network.named_parameters():
-                if n in saved:
-                    p.data = saved[n]
+            with torch.no_grad():
+                for n, p in self.network.named_parameters():
+                    if n in saved:
+                        p.copy_(saved[n])
 
     @torch.no_grad()
     def update(self) -> None:
@@ -191,7 +195,8 @@ class DistillStep:
                                                 fps=None if fps is None else torch.cat([fps, fps]))
             x0_c, x0_u = x0_cu.float().chunk(2)
             eps_c, eps_u = eps_cu.float().chunk(2)
-            x0_g, eps_g = lcm_guidance(x0_c, x0_u, w), lcm_guidance(eps_c, eps_u, w)
+            w_t = teacher.teacher_guidance(w, t_start)  # the scale the teacher's pipeline uses at t_start
+            x0_g, eps_g = lcm_guidance(x0_c, x0_u, w_t), lcm_guidance(eps_c, eps_u, w_t)
             if motion is not None and bool(motion.active.any()):
                 eps_g = self.motion_guided(eps_g, x_t, t_start, cond, fps, motion)
             x_prev = self.schedule.step(x0_g, eps_g, t_end).to(x_t.dtype)

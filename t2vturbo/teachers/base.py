@@ -102,6 +102,30 @@ class Teacher:
         """The student-file key of the guidance projection's weight."""
         return f"{self.guidance_module}.cond_proj.weight"
 
+    @property
+    def guidance_modules(self) -> list[str]:
+        """Every module that takes a guidance projection, :attr:`guidance_module` first. A family whose network
+        holds several denoisers (Wan2.2-A14B's two experts) gives one per denoiser; each gets its own projection,
+        all fed the same guidance embedding."""
+        return [self.guidance_module]
+
+    def guidance_embedders(self, network: nn.Module | None = None) -> list[nn.Module]:
+        """The modules of :attr:`guidance_modules` (a DDP wrapper is looked through)."""
+        net = self.network if network is None else network
+        return [getattr(net, "module", net).get_submodule(m) for m in self.guidance_modules]
+
+    @property
+    def guidance_keys(self) -> list[str]:
+        """The student-file keys of every guidance projection's weight, :attr:`guidance_key` first."""
+        return [f"{m}.cond_proj.weight" for m in self.guidance_modules]
+
+    def teacher_guidance(self, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The classifier-free guidance scale (LCM form, ``cond + w (cond - uncond)``) the teacher applies at
+        timesteps ``t`` when asked for ``w`` (a scalar or one per sample): ``w`` itself, unless the family's stock
+        pipeline guides some timesteps with another scale (Wan2.2-A14B's ``guidance_scale_2`` for its low-noise
+        expert). Used by the teacher's ODE step in distillation and by teacher sampling."""
+        return w
+
     def lora_targets(self, wanted: str | list[str] = "all") -> list[str]:
         """Names of the modules a LoRA adapter wraps: the family's default set for ``"all"``, else the modules
         named (exactly, or by a dotted suffix) in ``wanted``."""
@@ -110,6 +134,11 @@ class Teacher:
     def enable_block_checkpointing(self) -> int:
         """Activation checkpointing of the network's blocks while training; returns how many."""
         raise NotImplementedError
+
+    def network_blocks(self) -> list[nn.Module]:
+        """The network's repeated blocks (a UNet's down / mid / up blocks, a transformer's blocks): the units
+        ``train.parallel: fsdp`` shards one at a time (none: the network is one unit)."""
+        return []
 
     # ------------------------------------------------------------------ shapes
     def native_video(self) -> dict[str, int]:

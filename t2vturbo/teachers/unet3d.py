@@ -92,12 +92,15 @@ class UNet3DTeacher(Teacher):
                  and not n.startswith(("fps_embedding", "motion_condition"))]
         return names if wanted == "all" else match_module_names(names, wanted)
 
+    def network_blocks(self) -> list[nn.Module]:
+        return [b for b in (*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks) if b is not None]
+
     def enable_block_checkpointing(self) -> int:
         """Every down / mid / up block recomputed in the backward (diffusers' UNet3DConditionModel has no
         ``enable_gradient_checkpointing``); active only while grad is enabled in training mode."""
         from torch.utils.checkpoint import checkpoint
 
-        blocks = [b for b in (*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks) if b is not None]
+        blocks = self.network_blocks()
         for block in blocks:
             if getattr(block, "_t2vturbo_checkpointed", False):
                 continue

@@ -83,11 +83,13 @@ class WanTeacher(Teacher):
 
     @property
     def temporal_factor(self) -> int:
-        return int(2 ** sum(self.vae.config.temperal_downsample))
+        cfg = self.vae.config  # the pipeline's vae_scale_factor_temporal (Wan2.2's VAE records it)
+        return int(getattr(cfg, "scale_factor_temporal", None) or 2 ** sum(cfg.temperal_downsample))
 
     @property
     def spatial_factor(self) -> int:
-        return int(2 ** len(self.vae.config.temperal_downsample))
+        cfg = self.vae.config  # 8 for Wan2.1's VAE; 16 for Wan2.2's (8 in its convolutions x its 2x2 patchify)
+        return int(getattr(cfg, "scale_factor_spatial", None) or 2 ** len(cfg.temperal_downsample))
 
     def native_video(self) -> dict[str, int]:
         d = {**WAN_DEFAULTS, **self.stored_defaults}
@@ -102,6 +104,9 @@ class WanTeacher(Teacher):
         if wanted == "all":
             return [n for n in linears if re.match(WAN_LORA_PATTERN, n)]
         return match_module_names(linears, wanted)
+
+    def network_blocks(self) -> list[nn.Module]:
+        return list(self.transformer.blocks)
 
     def enable_block_checkpointing(self) -> int:
         """diffusers' transformers checkpoint their own blocks."""
@@ -213,30 +218,7 @@ class WanTeacher(Teacher):
         Every module carries an explicit ``lora_B.bias`` (zero elsewhere): diffusers then turns on peft's lora_bias."""
         from safetensors.torch import save_file
 
-        from ..consistency import guidance_embedding
-        from ..student import ADAPTER, guidance_projection, lora_layers
-
-        state: dict[str, torch.Tensor] = {}
-        for name, layer in lora_layers(self.transformer):
-            a = layer.lora_A[ADAPTER].weight
-            b = layer.lora_B[ADAPTER].weight * layer.scaling[ADAPTER]
-            state[f"transformer.{name}.lora_A.weight"] = a
-            state[f"transformer.{name}.lora_B.weight"] = b
-            state[f"transformer.{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype, device=b.device)
-        if not state:
-            raise CheckpointError("this transformer has no LoRA adapter to export")
-        proj = guidance_projection(self)
-        if proj is None:
-            raise CheckpointError("this transformer has no guidance projection to fold into the LoRA file")
-        lin = self.guidance_embedder().linear_1
-        base = getattr(lin, "base_layer", lin)
-        with torch.no_grad():
-            emb = guidance_embedding(torch.tensor([float(guidance)]), proj.in_features, dtype=torch.float64)
-            shift = base.weight.double() @ (emb[0] @ proj.weight.double().T)
-        key = f"transformer.{self.guidance_module}.linear_1"
-        state[f"{key}.lora_A.weight"] = torch.zeros(1, base.in_features, dtype=base.weight.dtype)
-        state[f"{key}.lora_B.weight"] = torch.zeros(base.out_features, 1, dtype=base.weight.dtype)
-        state[f"{key}.lora_B.bias"] = shift.to(base.weight.dtype)
+        state = wan_lora_state(self.transformer, self.guidance_module, guidance)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / WAN_LORA_FILE))
         shift = self.schedule.lcm_scheduler_config().get("shift")
@@ -265,11 +247,47 @@ class guidance_input(OneCallHook):  # noqa: N801 - used as a context manager, li
 
     def _hook(self, module, args, kwargs):
         w = self.w_emb.to(args[0].device, module.cond_proj.weight.dtype)
+        if args[0].ndim == 3 and w.ndim == 2:  # per-token timesteps (Wan2.2 TI2V): (B, L, C) + (B, 1, C)
+            w = w[:, None]
         return args, {**kwargs, "condition": w}
 
     def register(self):
         return (self.embedder.register_forward_pre_hook(self._hook, with_kwargs=True) if self.w_emb is not None
                 else None)
+
+
+def wan_lora_state(transformer: nn.Module, guidance_module: str, guidance: float) -> dict[str, torch.Tensor]:
+    """One transformer's student adapter as ``WanPipeline.load_lora_weights`` reads it (keys under
+    ``transformer.``): diffusers' peft keys ``lora_A.weight`` / ``lora_B.weight`` (scalings folded into B, so alpha =
+    rank), and the guidance folded for a fixed w as the bias of a rank-1 LoRA on ``{guidance_module}.linear_1`` (A
+    and B zero, ``lora_B.bias`` = W1 cond_proj(embed(w))). Every module carries an explicit ``lora_B.bias`` (zero
+    elsewhere): diffusers then turns on peft's lora_bias."""
+    from ..consistency import guidance_embedding
+    from ..student import ADAPTER, lora_layers
+
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in lora_layers(transformer):
+        a = layer.lora_A[ADAPTER].weight
+        b = layer.lora_B[ADAPTER].weight * layer.scaling[ADAPTER]
+        state[f"transformer.{name}.lora_A.weight"] = a
+        state[f"transformer.{name}.lora_B.weight"] = b
+        state[f"transformer.{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype, device=b.device)
+    if not state:
+        raise CheckpointError("this transformer has no LoRA adapter to export")
+    embedder = transformer.get_submodule(guidance_module)
+    proj = getattr(embedder, "cond_proj", None)
+    if proj is None:
+        raise CheckpointError("this transformer has no guidance projection to fold into the LoRA file")
+    lin = embedder.linear_1
+    base = getattr(lin, "base_layer", lin)
+    with torch.no_grad():
+        emb = guidance_embedding(torch.tensor([float(guidance)]), proj.in_features, dtype=torch.float64)
+        shift = base.weight.double() @ (emb[0] @ proj.weight.double().T)
+    key = f"transformer.{guidance_module}.linear_1"
+    state[f"{key}.lora_A.weight"] = torch.zeros(1, base.in_features, dtype=base.weight.dtype)
+    state[f"{key}.lora_B.weight"] = torch.zeros(base.out_features, 1, dtype=base.weight.dtype)
+    state[f"{key}.lora_B.bias"] = shift.to(base.weight.dtype)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------- building / loading
