@@ -19,6 +19,8 @@ def distill(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the output dir."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe and print the plan; load no weights."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
+    world_size: int | None = typer.Option(None, "--world-size", min=1, help="With --dry-run: plan the memory per process for this many processes (default: $WORLD_SIZE, else 1)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="With --dry-run: count the memory per process on the meta device (a few seconds)."),
 ) -> None:
     """Distill a 4-step student from a teacher: consistency distillation + mixed reward feedback."""
     from t2vturbo.config import load_recipe
@@ -32,6 +34,19 @@ def distill(
         console.print(f"[bold]plan[/] for {recipe} -> {out}", highlight=False)
         for line in describe_plan(r):
             console.print("  " + line, highlight=False)
+        if memory:
+            import os
+
+            from t2vturbo.errors import T2VTurboError
+            from t2vturbo.memory_plan import describe_memory
+
+            quiet_libraries()
+            world = world_size or int(os.environ.get("WORLD_SIZE", 1))
+            try:
+                for line in describe_memory(r, world):
+                    console.print("  " + line, highlight=False, markup=False)
+            except T2VTurboError as err:
+                console.print(f"  memory plan: not counted ({err})", highlight=False, markup=False)
         needed = downloads(r)
         for cmd, present in needed:
             console.print(f"  {'cached' if present else 'download':<12} {cmd}", highlight=False)

@@ -135,6 +135,10 @@ class Teacher:
         """Activation checkpointing of the network's blocks while training; returns how many."""
         raise NotImplementedError
 
+    def text_states_shape(self) -> tuple[int, int]:
+        """(tokens, width) of the text-encoder states the network attends to (the memory plan's input)."""
+        raise NotImplementedError
+
     def network_blocks(self) -> list[nn.Module]:
         """The network's repeated blocks (a UNet's down / mid / up blocks, a transformer's blocks): the units
         ``train.parallel: fsdp`` shards one at a time (none: the network is one unit)."""

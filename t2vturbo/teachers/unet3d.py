@@ -92,6 +92,10 @@ class UNet3DTeacher(Teacher):
                  and not n.startswith(("fps_embedding", "motion_condition"))]
         return names if wanted == "all" else match_module_names(names, wanted)
 
+    def text_states_shape(self) -> tuple[int, int]:
+        length = getattr(self.tokenizer, "model_max_length", None) or 77
+        return (min(int(length), 77), int(self.unet.config.cross_attention_dim))
+
     def network_blocks(self) -> list[nn.Module]:
         return [b for b in (*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks) if b is not None]
 

@@ -105,6 +105,9 @@ class WanTeacher(Teacher):
             return [n for n in linears if re.match(WAN_LORA_PATTERN, n)]
         return match_module_names(linears, wanted)
 
+    def text_states_shape(self) -> tuple[int, int]:
+        return (self.max_sequence_length, int(self.transformer.config.text_dim))
+
     def network_blocks(self) -> list[nn.Module]:
         return list(self.transformer.blocks)
 
