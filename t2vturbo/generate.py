@@ -1,6 +1,11 @@
-"""``t2vturbo sample`` as one core call: load the base model (and a student in any format), settle the sampling
-settings (options, else the student's record, else the model's own, else the fallbacks), sample in batches and
-write the videos."""
+"""The one generation core that ``t2vturbo sample`` and ``t2vturbo serve`` share.
+
+:func:`load_model` loads the base model (and a student in any format) once into a :class:`LoadedModel`;
+:meth:`LoadedModel.settle` settles a request's sampling settings (options, else the student's record, else the
+model's own, else the fallbacks); :meth:`LoadedModel.sample` makes one batch of videos with them, and
+:func:`save_video` writes one with its prompt sidecar. :func:`generate_videos` (``sample``) is those four calls;
+the server keeps the model warm and calls the last three per batch of requests.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .defaults import FALLBACK_STUDENT_STEPS, sampling_defaults
+from .defaults import FALLBACK_STUDENT_STEPS, SamplingDefaults, sampling_defaults
 from .errors import ConfigError
+from .motion import MotionGuidance
 from .names import resolve_dtype, vbench_name
-from .sampling import sample_video
+from .sampling import SampleOutput, sample_video
 from .student import guidance_projection
-from .teachers import load_teacher
+from .teachers import Teacher, load_teacher
 
 OUTPUT_FORMATS = ("mp4", "gif", "webm", "png")
+
+
 @dataclass
 class Planned:
     """One video to write: its prompt, path and seed."""
@@ -72,19 +80,164 @@ class Written:
     seconds: float
 
 
+def most_steps(parts, mode: str, grid: int = 50) -> int:
+    """The most steps the schedule allows: a student its solver grid (``grid``), the teacher its training
+    timesteps less one."""
+    return grid if mode == "student" else int(parts.schedule.num_train_timesteps) - 1
+
+
 def check_steps(parts, mode: str, steps: int, grid: int = 50) -> None:
     """Steps in range for the schedule: a student at most its solver grid (``grid``), the teacher at most the
     training timesteps; one line each."""
-    schedule = parts.schedule
+    most = most_steps(parts, mode, grid)
+    if steps <= most:
+        return
     if mode == "student":
-        if steps > grid:
-            raise ConfigError(f"--steps {steps} is more than this student's solver grid of {grid} steps; use 1-{grid}"
-                              " (4 is what it was distilled for)")
-    else:
-        most = int(schedule.num_train_timesteps) - 1
-        if steps > most:
-            raise ConfigError(f"--steps {steps} is more than the teacher's {schedule.num_train_timesteps} training "
-                              f"timesteps allow; use 1-{most} (50 is the usual)")
+        raise ConfigError(f"--steps {steps} is more than this student's solver grid of {grid} steps; use 1-{grid}"
+                          " (4 is what it was distilled for)")
+    raise ConfigError(f"--steps {steps} is more than the teacher's {parts.schedule.num_train_timesteps} training "
+                      f"timesteps allow; use 1-{most} (50 is the usual)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything but the prompts and seeds that one batch is sampled with, settled by :meth:`LoadedModel.settle`.
+    Requests whose settings are equal can share one batch (one denoiser call per step)."""
+
+    mode: str
+    steps: int
+    guidance: float
+    frames: int
+    height: int
+    width: int
+    fps: int
+    #: the solver grid a student's timesteps are picked from
+    origin_steps: int
+    #: a motion-guided student's motion condition: (scale, percentage); None: no motion input
+    motion: tuple[float, float] | None = None
+
+    def motion_guidance(self) -> MotionGuidance | None:
+        return None if self.motion is None else MotionGuidance(scale=self.motion[0], percentage=self.motion[1])
+
+
+class LoadedModel:
+    """A base model, with its student merged in if any, loaded once (:func:`load_model`), and the settings it is
+    sampled with when a request gives none (``defaults``). ``mode`` is how it samples: ``"student"``
+    (multistep consistency) or ``"teacher"`` (DDIM + classifier-free guidance)."""
+
+    def __init__(self, parts: Teacher, mode: str, defaults: SamplingDefaults, spec: str, exported: bool = False):
+        self.parts, self.mode, self.defaults, self.spec, self.exported = parts, mode, defaults, spec, exported
+        self._timesteps: dict[int, list | None] = {}
+
+    @property
+    def supports_motion(self) -> bool:
+        """Whether it takes the motion options (a T2V-Turbo-v2 motion-guided student)."""
+        return self.defaults.motion is not None
+
+    def most_steps(self, origin_steps: int | None = None) -> int:
+        return most_steps(self.parts, self.mode, int(origin_steps or self.defaults.origin_steps))
+
+    def settle(self, *, steps: int | None = None, guidance: float | None = None, frames: int | None = None,
+               height: int | None = None, width: int | None = None, fps: int | None = None,
+               origin_steps: int | None = None, motion_guidance: float | None = None,
+               motion_percentage: float | None = None) -> Settings:
+        """The settings a request samples with: each option given, else the default; checked (one-line
+        :class:`ConfigError` naming the option)."""
+        d = self.defaults
+        if steps is not None and steps < 1:
+            raise ConfigError(f"--steps must be at least 1 (got {steps})")
+        steps = d.steps if steps is None else int(steps)
+        origin = int(origin_steps or d.origin_steps)
+        check_steps(self.parts, self.mode, steps, origin)
+        motion = d.motion
+        if motion_guidance is not None:
+            if motion is None:
+                raise ConfigError("--motion-guidance needs a T2V-Turbo-v2 motion-guided student (unet_mg.pt, or "
+                                  "ours distilled with distill.motion.scale > 0)")
+            motion = replace(motion, scale=float(motion_guidance))
+        if motion_percentage is not None:
+            if not 0.0 <= motion_percentage <= 1.0:
+                raise ConfigError(f"--motion-percentage must be in [0, 1] (got {motion_percentage})")
+            motion = replace(motion, percentage=float(motion_percentage)) if motion is not None else None
+        return Settings(
+            mode=self.mode, steps=steps, guidance=float(d.guidance if guidance is None else guidance),
+            frames=int(d.frames if frames is None else frames), height=int(d.height if height is None else height),
+            width=int(d.width if width is None else width), fps=int(d.fps if fps is None else fps),
+            origin_steps=origin, motion=None if motion is None else (float(motion.scale), float(motion.percentage)))
+
+    def timesteps(self, steps: int) -> list | None:
+        """An exported student's own timesteps (as its pipeline runs them); None: the schedule's."""
+        if not self.exported:
+            return None
+        if steps not in self._timesteps:
+            from .export import exported_timesteps
+
+            self._timesteps[steps] = exported_timesteps(self.spec, self.parts, steps)
+        return self._timesteps[steps]
+
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], settings: Settings, *, decode_chunk: int = 0,
+               callback: Callable[[int, int, object], None] | None = None) -> SampleOutput:
+        """One batch: video ``i`` of ``prompts`` from seed ``seeds[i]`` (its own generator, so a video does not
+        depend on the batch it is in, up to float rounding). ``callback(step, t, x0)`` after each step."""
+        if len(seeds) != len(prompts):
+            raise ConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        s = settings
+        return sample_video(self.parts, list(prompts), steps=s.steps, guidance=s.guidance, mode=s.mode,
+                            frames=s.frames, height=s.height, width=s.width, seed=[int(x) for x in seeds],
+                            fps=s.fps if self.parts.supports_fps else None, decode_chunk=decode_chunk,
+                            timesteps=self.timesteps(s.steps), origin_steps=s.origin_steps,
+                            motion=s.motion_guidance(), callback=callback)
+
+
+def load_model(model: str | None = None, *, student: str | Path | None = None, teacher: bool = False,
+               device: str = "cpu", dtype: str = "auto",
+               notice: Callable[[str], None] = lambda msg: None) -> LoadedModel:
+    """Load the base model ``model`` (default: the student's recorded base model, else ``tiny``) and merge
+    ``student`` (any format) into it; ``teacher``: sample the base model with DDIM + CFG.
+
+    Without ``student`` and ``teacher`` the model is sampled as it is: an exported student (an LCMScheduler
+    folder) with its own timesteps, a model with a guidance embedding as a student, else as a teacher.
+    """
+    if teacher and student is not None:
+        raise ConfigError("--teacher samples the base model; leave out --student (or --teacher)")
+    dt = resolve_dtype(dtype, device)
+    student_meta: dict = {}
+    if student is not None:
+        from .formats import recorded_student_meta
+
+        student_meta = recorded_student_meta(student)  # read once: base model, recipe shape, guidance, steps
+    if model is None:
+        from .formats import base_model_of
+
+        model = base_model_of(student_meta) or "tiny"
+    parts = load_teacher(model, device=device, dtype=dt)
+    implied: dict = {}
+    if student is not None:
+        from .formats import load_merged_student
+
+        implied = load_merged_student(student, parts)
+        parts.to(device=device, dtype=dt)  # moves (and casts) only what differs: no diffusers float32 notice
+    mode = "teacher" if teacher or student is None and guidance_projection(parts) is None else "student"
+    exported = False
+    if not teacher and student is None:
+        from .export import exported_timesteps
+
+        # An exported student (guidance folded in, a consistency scheduler): sample it as its pipeline would.
+        probe = int(parts.stored_defaults.get("steps") or FALLBACK_STUDENT_STEPS)
+        if exported_timesteps(model, parts, probe) is not None:
+            mode, exported = "student", True
+            notice(f"{model} is an exported student: guidance is folded in at export; --guidance is ignored")
+    defaults = sampling_defaults(parts, student_meta, mode, implied)
+    return LoadedModel(parts, mode, defaults, str(model), exported)
+
+
+def save_video(frames, path: str | Path, prompt: str, fps: int) -> Path:
+    """Write one video (T, 3, H, W) atomically, then its prompt sidecar ``{name}.txt`` (what ``score`` reads)."""
+    from .video import write_prompt_sidecar, write_video
+
+    path = write_video(frames, path, fps=fps)
+    write_prompt_sidecar(path, prompt)
+    return path
 
 
 def generate_videos(
@@ -113,83 +266,29 @@ def generate_videos(
 ) -> list[Written]:
     """Sample ``prompts`` and write video ``i`` to ``paths[i]`` (.mp4, .gif, .webm, or a folder of PNG frames),
     with a prompt sidecar ``paths[i].txt`` so ``t2vturbo score`` reads each back against its own prompt.
-    ``seed``: ``seed + i`` for video i, or one seed per video.
-
-    Without ``student`` and ``teacher`` the model is sampled as it is: an exported student (an LCMScheduler
-    folder) with its own timesteps, a model with a guidance embedding as a student, else as a teacher.
+    ``seed``: ``seed + i`` for video i, or one seed per video. The model is loaded as :func:`load_model` says.
     """
-    from .video import write_prompt_sidecar, write_video
-
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be at least 1 (got {steps})")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
-    if teacher and student is not None:
-        raise ConfigError("--teacher samples the base model; leave out --student (or --teacher)")
     if len(paths) != len(prompts):
         raise ConfigError(f"got {len(paths)} output paths for {len(prompts)} prompts")
-    dt = resolve_dtype(dtype, device)
-    student_meta: dict = {}
-    if student is not None:
-        from .formats import recorded_student_meta
-
-        student_meta = recorded_student_meta(student)  # read once: base model, recipe shape, guidance, steps
-    if model is None:
-        from .formats import base_model_of
-
-        model = base_model_of(student_meta) or "tiny"
-    model_ = load_teacher(model, device=device, dtype=dt)
-    implied: dict = {}
-    if student is not None:
-        from .formats import load_merged_student
-
-        implied = load_merged_student(student, model_)
-        model_.to(device=device, dtype=dt)  # moves (and casts) only what differs: no diffusers float32 notice
-    mode = "teacher" if teacher or student is None and guidance_projection(model_) is None else "student"
-    timesteps = None
-    if not teacher and student is None:
-        from .export import exported_timesteps
-
-        # An exported student (guidance folded in, a consistency scheduler): sample it as its pipeline would.
-        timesteps = exported_timesteps(model, model_, steps or int(model_.stored_defaults.get("steps")
-                                                                   or FALLBACK_STUDENT_STEPS))
-        if timesteps is not None:
-            mode = "student"
-            notice(f"{model} is an exported student: guidance is folded in at export; --guidance is ignored")
-    defaults = sampling_defaults(model_, student_meta, mode, implied)
-    steps = defaults.steps if steps is None else steps
-    guidance = defaults.guidance if guidance is None else guidance
-    frames = defaults.frames if frames is None else frames
-    height = defaults.height if height is None else height
-    width = defaults.width if width is None else width
-    fps = defaults.fps if fps is None else fps
     seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != len(prompts):
         raise ConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    origin = int(origin_steps or defaults.origin_steps)
-    check_steps(model_, mode, steps, origin)
-    motion = defaults.motion
-    if motion_guidance is not None:
-        if motion is None:
-            raise ConfigError("--motion-guidance needs a T2V-Turbo-v2 motion-guided student (unet_mg.pt, or ours "
-                              "distilled with distill.motion.scale > 0)")
-        motion = replace(motion, scale=float(motion_guidance))
-    if motion_percentage is not None:
-        if not 0.0 <= motion_percentage <= 1.0:
-            raise ConfigError(f"--motion-percentage must be in [0, 1] (got {motion_percentage})")
-        motion = replace(motion, percentage=float(motion_percentage)) if motion is not None else None
+    loaded = load_model(model, student=student, teacher=teacher, device=device, dtype=dtype, notice=notice)
+    settings = loaded.settle(steps=steps, guidance=guidance, frames=frames, height=height, width=width, fps=fps,
+                             origin_steps=origin_steps, motion_guidance=motion_guidance,
+                             motion_percentage=motion_percentage)
     written: list[Written] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts)[start : start + batch_size]
-        result = sample_video(model_, chunk, steps=steps, guidance=guidance, mode=mode, frames=frames, height=height,
-                              width=width, seed=seeds[start : start + len(chunk)],
-                              fps=fps if model_.supports_fps else None,
-                              decode_chunk=decode_chunk, timesteps=timesteps, origin_steps=origin, motion=motion)
+        result = loaded.sample(chunk, seeds[start : start + len(chunk)], settings, decode_chunk=decode_chunk)
         per_video = result.seconds["total"] / len(chunk)
         for i, video in enumerate(result.videos):
-            path = write_video(video, paths[start + i], fps=fps)
-            write_prompt_sidecar(path, chunk[i])
-            item = Written(path, mode, steps, per_video)
+            item = Written(save_video(video, paths[start + i], chunk[i], settings.fps), settings.mode,
+                           settings.steps, per_video)
             written.append(item)
             on_video(item)
     return written

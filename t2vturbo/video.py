@@ -201,7 +201,7 @@ def _write_pyav(pixels: np.ndarray, path: Path, fps: float, codec: str) -> None:
         stream = container.add_stream(codec, rate=_fps_fraction(fps))
         stream.width, stream.height = pixels.shape[2], pixels.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"} if codec == "libx264" else {"crf": "20", "b": "0"}
+        stream.options = {"crf": "18", "threads": "1"} if codec == "libx264" else {"crf": "20", "b": "0"}
         for frame in pixels:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush the encoder
