@@ -16,6 +16,7 @@ def describe_plan(recipe: Recipe) -> list[str]:
     solver = family["solver"].format(n=d.num_ddim_timesteps)
     lines = [
         f"teacher      {recipe.model.teacher} ({recipe.model.dtype}, device {recipe.model.device})",
+        *([f"teacher from {family['files']}"] if family.get("files") else []),
         f"student      LoRA rank {lo.rank} alpha {lo.alpha or lo.rank} dropout {lo.dropout} on "
         f"{targets} + guidance projection "
         f"({d.guidance_embed_dim}-d w embedding)",

@@ -119,7 +119,8 @@ def guided_denoiser(teacher: Teacher, cond: torch.Tensor, uncond: torch.Tensor, 
 
     def fn(x, t):
         x0_cu, eps_cu = teacher.denoise(torch.cat([x, x]), torch.cat([t, t]), both, fps=fps2)
-        return lcm_guidance(*x0_cu.chunk(2), w), lcm_guidance(*eps_cu.chunk(2), w)
+        w_t = teacher.teacher_guidance(w, t)  # a family may guide some timesteps with another scale
+        return lcm_guidance(*x0_cu.chunk(2), w_t), lcm_guidance(*eps_cu.chunk(2), w_t)
 
     return CountingDenoiser(fn, cond.shape[0])
 

@@ -7,7 +7,9 @@ of the network in memory. Which modules get the adapter and where the projection
 
 A saved student is a folder (or a single ``.safetensors`` with a ``.json`` beside it) holding:
 - ``student.safetensors``: peft LoRA keys (``<module>.lora_A.weight`` / ``<module>.lora_B.weight``, as
-  ``peft.get_peft_model_state_dict`` names them) plus the guidance projection's weight (``time_embedding.cond_proj.weight`` [C0, 256] on a UNet);
+  ``peft.get_peft_model_state_dict`` names them) plus the guidance projection's weight
+  (``time_embedding.cond_proj.weight`` [C0, 256] on a UNet; one per denoiser where the family has several, e.g.
+  under ``transformer.`` and ``transformer_2.`` on Wan2.2-A14B, :attr:`Teacher.guidance_keys`);
 - ``student.json``: ``{"format": "t2vturbo-student", "version": 1, "base_model", "lora": {...},
   "guidance_embed_dim", "schedule": {...}, "default_guidance", "default_steps", "fps"}``.
 """
@@ -86,25 +88,28 @@ def resolve_lora_config(teacher: Teacher, lora: LoraSettings):
 
 def add_guidance_projection(teacher: Teacher, embed_dim: int = 256, init: str = "zeros", seed: int = 0) -> nn.Linear:
     """Give the teacher's guidance module (a TimestepEmbedding) a ``cond_proj`` Linear(embed_dim -> C0, no bias)
-    (diffusers' ``time_cond_proj``).
+    (diffusers' ``time_cond_proj``); every one of :attr:`Teacher.guidance_modules` gets its own. Returns the
+    first.
 
     ``init="zeros"`` makes the fresh student equal the teacher; ``"kaiming"`` reproduces nn.Linear's default
     init from ``seed`` (the official release's never-trained projection).
     """
-    te = teacher.guidance_embedder()
-    c0 = te.linear_1.in_features
-    param = next(te.parameters())
-    proj = nn.Linear(embed_dim, c0, bias=False)
-    if init == "zeros":
-        nn.init.zeros_(proj.weight)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        bound = 1.0 / embed_dim**0.5  # nn.Linear default: kaiming_uniform(a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in))
-        with torch.no_grad():
-            proj.weight.copy_(torch.rand(proj.weight.shape, generator=gen) * 2 * bound - bound)
-    te.cond_proj = proj.to(device=param.device, dtype=param.dtype)
-    te.cond_proj.requires_grad_(True)
-    return te.cond_proj
+    made = []
+    for te in teacher.guidance_embedders():
+        c0 = te.linear_1.in_features
+        param = next(te.parameters())
+        proj = nn.Linear(embed_dim, c0, bias=False)
+        if init == "zeros":
+            nn.init.zeros_(proj.weight)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            bound = 1.0 / embed_dim**0.5  # nn.Linear default: kaiming_uniform(a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in))
+            with torch.no_grad():
+                proj.weight.copy_(torch.rand(proj.weight.shape, generator=gen) * 2 * bound - bound)
+        te.cond_proj = proj.to(device=param.device, dtype=param.dtype)
+        te.cond_proj.requires_grad_(True)
+        made.append(te.cond_proj)
+    return made[0]
 
 
 def guidance_projection(teacher: Teacher) -> nn.Linear | None:
@@ -123,9 +128,9 @@ def make_student(teacher: Teacher, lora: LoraSettings, guidance_embed_dim: int =
     net.train(net.training)  # peft makes its modules (LoRA dropout) in training mode: follow the network's mode
     if guidance_projection(teacher) is None:
         add_guidance_projection(teacher, guidance_embed_dim)
-    key = teacher.guidance_key
+    keys = set(teacher.guidance_keys)
     for name, p in net.named_parameters():
-        p.requires_grad_("lora_" in name or name == key)
+        p.requires_grad_("lora_" in name or name in keys)
     net._t2vturbo_lora = asdict(lora)
     return net
 
@@ -181,7 +186,8 @@ def student_state_dict(teacher: Teacher) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     sd = dict(get_peft_model_state_dict(teacher.network, adapter_name=ADAPTER))
-    sd[teacher.guidance_key] = guidance_projection(teacher).weight
+    for key, embedder in zip(teacher.guidance_keys, teacher.guidance_embedders(), strict=True):
+        sd[key] = embedder.cond_proj.weight
     sd.update({f"{MOTION_PREFIX}{k}": v for k, v in teacher.motion_condition_state().items()})
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
@@ -229,17 +235,19 @@ def load_student_weights(teacher: Teacher, state: dict[str, torch.Tensor], meta:
         rank=int(base_rank), alpha=lora_meta.get("alpha"), dropout=0.0, target_modules=sorted(ranks),
         rank_pattern={k: r for k, r in ranks.items() if r != base_rank},
     )
-    key = teacher.guidance_key
-    gdim = state[key].shape[1] if key in state else int(meta.get("guidance_embed_dim", 256))
+    keys = teacher.guidance_keys
+    key = next((k for k in keys if k in state), None)
+    gdim = state[key].shape[1] if key is not None else int(meta.get("guidance_embed_dim", 256))
     net = make_student(teacher, lora, gdim)
     lora_state = {k: v for k, v in state.items() if "lora_" in k}
     result = set_peft_model_state_dict(net, lora_state, adapter_name=ADAPTER)
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if unexpected:
         raise CheckpointError(f"student file does not fit this model: unexpected key {unexpected[0]}")
-    if key in state:
-        with torch.no_grad():
-            guidance_projection(teacher).weight.copy_(state[key])
+    with torch.no_grad():
+        for k, embedder in zip(keys, teacher.guidance_embedders(), strict=True):
+            if k in state:
+                embedder.cond_proj.weight.copy_(state[k])
     motion = {k[len(MOTION_PREFIX):]: v for k, v in state.items() if k.startswith(MOTION_PREFIX)}
     if motion:
         teacher.attach_motion_condition(motion)

@@ -1,7 +1,8 @@
 """The Teacher contract, written once and run over every family t2vturbo loads: the embedded tiny teacher, a
 ModelScope-layout diffusers folder, a VideoCrafter2 conversion (that one needs the small VC2 fixture in ../shared),
-the tiny Wan, and a third, toy family defined in THIS file: a few lines of torch implementing the protocol, which
-the core distils, samples and exports unchanged. That is the proof that a family is one module.
+the tiny Wan, the tiny Wan2.2 (two experts) and Wan2.2-5B, and a third, toy family defined in THIS file: a few
+lines of torch implementing the protocol, which the core distils, samples and exports unchanged. That is the proof
+that a family is one module.
 
 Each family must give: (x0, eps) that recompose its input; a fresh student equal to its teacher; a sampler that
 calls the network once per step; a finite distillation step in which only the adapter and the guidance projection
@@ -145,7 +146,7 @@ def toy_family():
 
 
 # ---------------------------------------------------------------------------------------------- the real families
-FAMILIES = ("tiny", "modelscope-folder", "vc2-conversion", "tiny-wan", "toy")
+FAMILIES = ("tiny", "modelscope-folder", "vc2-conversion", "tiny-wan", "tiny-wan22", "tiny-wan22-5b", "toy")
 
 
 def _modelscope_folder(root):
@@ -174,6 +175,7 @@ def family(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     spec = {"tiny": lambda: "tiny", "modelscope-folder": lambda: _modelscope_folder(root),
             "vc2-conversion": lambda: _vc2_folder(root), "tiny-wan": lambda: "tiny-wan",
+            "tiny-wan22": lambda: "tiny-wan22", "tiny-wan22-5b": lambda: "tiny-wan22-5b",
             "toy": lambda: "toy"}[request.param]()
     return request.param, spec
 
@@ -304,7 +306,7 @@ def test_export_reproduces_sample_student_with_no_options(spec, tmp_path):
     out = export_student(student, out_dir=tmp_path / "exported")
     info = json.loads((out / "t2vturbo.json").read_text())
     assert info["guidance_folded"] == 6.0 and info["default_steps"] == 1
-    if spec == "tiny-wan":  # the stock WanPipeline, as the export's message says to run it
+    if spec.startswith("tiny-wan"):  # the stock WanPipeline (Wan2.1, Wan2.2), as the export's message says to run it
         from diffusers import WanPipeline
 
         pipe = WanPipeline.from_pretrained(out)

@@ -1,7 +1,8 @@
 """``load_teacher(spec)``: a registry of model families, each a test on the spec (a name, a folder, a hub id) and a
-loader. The built-in ones: the embedded ``tiny`` (UNet3D) and ``tiny-wan``, a Wan folder or ``Wan-AI/...`` hub id,
-and any other diffusers-layout folder or hub id as UNet3D. A new family registers itself with
-:func:`register_family` and is then loaded, distilled, sampled and exported by the core unchanged."""
+loader. The built-in ones: the embedded ``tiny`` (UNet3D), ``tiny-wan``, ``tiny-wan22`` and ``tiny-wan22-5b``, a
+Wan2.2 folder or hub id (asked first), a Wan folder or ``Wan-AI/...`` hub id, and any other diffusers-layout folder
+or hub id as UNet3D. A new family registers itself with :func:`register_family` and is then loaded, distilled,
+sampled and exported by the core unchanged."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class Family:
     load: Callable[[str], Teacher]
     #: load without building the text encoder (training from prepared latents); None: ``load``, then free it
     load_without_text: Callable[[str], Teacher] | None = None
+    #: what the dry run says of a spec (the keys of :attr:`Teacher.plan`, and optionally ``files``: what the teacher
+    #: is read from); None: the teacher class's ``plan``
+    describe: Callable[[str], dict[str, str]] | None = None
 
 
 _FAMILIES: list[Family] = []
@@ -50,6 +54,14 @@ def family_of(spec: str) -> Family:
 def _register_builtin() -> None:
     from .unet3d import UNet3DTeacher, load_diffusers_teacher
     from .wan import WanTeacher, build_tiny_wan, is_wan_spec, load_wan_teacher
+    from .wan22 import (
+        Wan22Teacher,
+        build_tiny_wan22,
+        build_tiny_wan22_5b,
+        describe_wan22,
+        is_wan22_spec,
+        load_wan22_teacher,
+    )
 
     def load_tiny(spec: str) -> Teacher:
         from ..tiny import load_tiny_teacher
@@ -60,6 +72,13 @@ def _register_builtin() -> None:
     _FAMILIES.extend([
         Family("tiny", UNet3DTeacher, lambda spec: spec == "tiny", load_tiny),
         Family("tiny-wan", WanTeacher, lambda spec: spec == "tiny-wan", lambda spec: build_tiny_wan()),
+        Family("tiny-wan22", Wan22Teacher, lambda spec: spec == "tiny-wan22", lambda spec: build_tiny_wan22(),
+               describe=describe_wan22),
+        Family("tiny-wan22-5b", Wan22Teacher, lambda spec: spec == "tiny-wan22-5b",
+               lambda spec: build_tiny_wan22_5b(), describe=describe_wan22),
+        # before the Wan2.1 family, which would take a Wan2.2 folder or hub id too
+        Family("wan2.2", Wan22Teacher, is_wan22_spec, load_wan22_teacher,
+               lambda spec: load_wan22_teacher(spec, text_encoder=False), describe=describe_wan22),
         Family("wan", WanTeacher, is_wan_spec, load_wan_teacher,
                lambda spec: load_wan_teacher(spec, text_encoder=False)),
         Family("unet3d", UNet3DTeacher, lambda spec: True, load_diffusers_teacher,
@@ -87,5 +106,7 @@ def load_teacher(spec: str, device: str | torch.device = "cpu", dtype: torch.dty
 
 
 def describe_family(spec: str) -> dict[str, str]:
-    """What the dry run says of a family: its default LoRA targets and its solver (``{n}``: the grid size)."""
-    return dict(family_of(spec).teacher_class.plan)
+    """What the dry run says of a family: its default LoRA targets and its solver (``{n}``: the grid size), and,
+    where the family says, the files its teacher is read from (``files``)."""
+    family = family_of(spec)
+    return dict(family.describe(spec) if family.describe is not None else family.teacher_class.plan)
