@@ -43,7 +43,10 @@ USABLE = 0.9
 #: HPS/CLIP/PickScore family, t2vturbo.rewards.viclip / internvideo2 at their default, full-size configs;
 #: tests/test_memory_plan.py rebuilds the ones that build on the meta device)
 REWARD_PARAMS = {"hpsv2": 986_109_441, "hpsv2.1": 986_109_441, "clip": 986_109_441, "pickscore": 986_109_441,
-                 "viclip": 427_590_145, "internvideo2": 1_292_738_304}
+                 "viclip": 427_590_145, "internvideo2": 1_292_738_304,
+                 # Qwen2-VL-2B and -7B with their reward heads (t2vturbo.rewards.videoreward / hpsv3, full-size
+                 # configs built on the meta device: tests/test_videoreward.py)
+                 "videoreward": 2_208_563_200, "hpsv3": 7_748_610_610}
 
 _SD_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
            "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
@@ -57,6 +60,7 @@ _UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "
 _WAN_13B = {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128, "in_channels": 16,
             "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960, "num_layers": 30,
             "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024}
+_WAN_14B = {**_WAN_13B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
 #: the published configurations of the models users distil, for planning before they are downloaded
 #: (ModelScope's is diffusers' default UNet3DConditionModel; VideoCrafter2 as `t2vturbo convert vc2` writes it)
 KNOWN = {
@@ -66,6 +70,19 @@ KNOWN = {
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": {"family": "wan", "transformer": _WAN_13B, "vae": {}, "text": _UMT5_XXL},
     "Wan-AI/Wan2.1-T2V-14B-Diffusers": {"family": "wan", "vae": {}, "text": _UMT5_XXL, "transformer": {
         **_WAN_13B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}},
+    # Wan2.2 (teachers/wan22.py): two 14 B experts with the 2.1 VAE; the TI2V-5B with the 48-channel Wan2.2 VAE
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": {"family": "wan2.2", "vae": {}, "text": _UMT5_XXL, "boundary_ratio": 0.875,
+                                         "transformer": _WAN_14B, "transformer_2": _WAN_14B},
+    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": {"family": "wan2.2", "text": _UMT5_XXL, "expand_timesteps": True,
+                                        "transformer": {**_WAN_13B, "num_attention_heads": 24, "in_channels": 48,
+                                                        "out_channels": 48, "ffn_dim": 14336},
+                                        "vae": {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48,
+                                                "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "in_channels": 12,
+                                                "out_channels": 12, "is_residual": True, "patch_size": 2,
+                                                "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+                                                "temperal_downsample": [False, True, True],
+                                                # (its statistics play no part in the count)
+                                                "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48}},
 }
 
 
@@ -93,7 +110,7 @@ def meta_teacher(spec: str, dtype: torch.dtype = torch.float32):
     from .teachers.loading import family_of
     from .teachers.wan import WanTeacher, is_wan_spec
 
-    if spec in ("tiny", "tiny-wan"):
+    if spec in ("tiny", "tiny-wan", "tiny-wan22", "tiny-wan22-5b"):
         from .teachers import load_teacher
 
         return load_teacher(spec).to(device="meta", dtype=dtype)
@@ -107,11 +124,30 @@ def meta_teacher(spec: str, dtype: torch.dtype = torch.float32):
         except MissingWeightError:
             raise ConfigError(f"the memory plan needs {spec}'s configuration: download its config files (hf "
                               f"download {spec} --include '*.json') or plan with one of {', '.join(KNOWN)}") from None
+    wan22 = (known or {}).get("family") == "wan2.2" if known else family_of(spec).name == "wan2.2"
     wan = (known or {}).get("family") == "wan" if known else is_wan_spec(spec)
-    if known is None and family_of(spec).name not in ("wan", "unet3d"):
+    if known is None and family_of(spec).name not in ("wan", "wan2.2", "unet3d"):
         raise ConfigError(f"the memory plan cannot build {spec} on the meta device (family {family_of(spec).name})")
     with torch.device("meta"):
-        if wan:
+        if wan22:  # both experts (A14B) or one transformer with per-token timesteps (TI2V-5B)
+            from transformers import UMT5Config, UMT5EncoderModel
+
+            from .teachers.wan22 import Wan22Teacher, read_model_index
+
+            index = known or read_model_index(root)
+
+            def config(sub: str) -> dict:
+                return known[sub] if known else _folder_config(root, "text_encoder" if sub == "text" else sub)
+
+            two = "transformer_2" in known if known else (root / "transformer_2").is_dir()
+            teacher = Wan22Teacher(transformer=WanTransformer3DModel.from_config(config("transformer")),
+                                   transformer_2=WanTransformer3DModel.from_config(config("transformer_2"))
+                                   if two else None, boundary_ratio=index.get("boundary_ratio"),
+                                   expand_timesteps=bool(index.get("expand_timesteps")),
+                                   vae=AutoencoderKLWan.from_config(config("vae")),
+                                   text_encoder=UMT5EncoderModel(UMT5Config(**config("text"))), tokenizer=None,
+                                   schedule=FlowSchedule(), name=spec)
+        elif wan:
             from transformers import UMT5Config, UMT5EncoderModel
 
             tcfg = known["transformer"] if known else _folder_config(root, "transformer")

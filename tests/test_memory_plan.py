@@ -75,6 +75,11 @@ def test_reward_sizes_are_their_architectures():
         assert sum(p.numel() for p in ViCLIP(ViCLIPConfig()).parameters()) == M.REWARD_PARAMS["viclip"]
         iv2 = InternVideo2(InternVideo2Config())
         assert sum(p.numel() for p in iv2.parameters()) == M.REWARD_PARAMS["internvideo2"]
+        from t2vturbo.rewards.hpsv3 import HPSv3
+        from t2vturbo.rewards.videoreward import QwenVLConfig, VideoReward
+
+        assert sum(p.numel() for p in VideoReward(QwenVLConfig()).parameters()) == M.REWARD_PARAMS["videoreward"]
+        assert sum(p.numel() for p in HPSv3().parameters()) == M.REWARD_PARAMS["hpsv3"]
 
 
 def test_checkpointing_and_text_cache_lower_the_plan():

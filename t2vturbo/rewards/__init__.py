@@ -131,6 +131,8 @@ _BUILTIN_MODULES = (
     "t2vturbo.rewards.pickscore",
     "t2vturbo.rewards.viclip",
     "t2vturbo.rewards.internvideo2",
+    "t2vturbo.rewards.videoreward",
+    "t2vturbo.rewards.hpsv3",
 )
 
 
@@ -213,10 +215,14 @@ def reward_frame_indices(total: int, model: nn.Module, count: int | None = None,
     """The frames a reward scores out of a clip of ``total`` frames: one rule for training and scoring.
 
     A video reward: ``count`` (else the model's own ``num_frames``, else all) evenly strided frames, repeated for a
-    clip shorter than that. An image reward: with a ``generator`` (training) ``count`` (default
-    :data:`IMAGE_REWARD_FRAMES`) random frames; without one (scoring) every frame, or ``count`` strided ones.
+    clip shorter than that; or, where the model has one, its own ``frame_indices(total, count)``. An image reward:
+    with a ``generator`` (training) ``count`` (default :data:`IMAGE_REWARD_FRAMES`) random frames; without one
+    (scoring) every frame, or ``count`` strided ones.
     """
     if getattr(model, "kind", "image") == "video":
+        own_rule = getattr(model, "frame_indices", None)
+        if own_rule is not None:  # a video reward that samples as its reference does (videoreward)
+            return own_rule(total, count)
         return strided_frame_indices(total, count or getattr(model, "num_frames", None) or total, repeat=True)
     if generator is not None:
         m = min(count or IMAGE_REWARD_FRAMES, total)
