@@ -116,8 +116,13 @@ def distill_once(kind: str, args) -> dict:
         d.setup()
         d.train()
         rows = [json.loads(line) for line in d.folder.metrics.read_text().splitlines()]
+        d.stream.__dict__.pop("_items", None)  # the loader's workers stop and are joined: their peak is counted
+        import gc
+
+        gc.collect()
     seconds = [r["seconds"] for r in rows[2:]] or [r["seconds"] for r in rows]
-    return {"seconds": statistics.median(seconds), "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"seconds": statistics.median(seconds), "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def prepare_mid(args) -> tuple[Path, float]:
@@ -168,7 +173,11 @@ def distill_table(args) -> None:
         if not ok:
             print(f"{kind:<12} failed: {results[0]['error']}")
             continue
-        med[kind] = (sorted(r["seconds"] for r in ok)[len(ok) // 2], sorted(r["peak_mib"] for r in ok)[len(ok) // 2])
+        workers = int(kind.split("-")[1]) if kind.startswith("folder-") else 0
+        # the training process's peak plus, with loader workers, each worker's (the largest one's, times their count)
+        med[kind] = (sorted(r["seconds"] for r in ok)[len(ok) // 2],
+                     sorted(r["peak_mib"] + workers * r.get("worker_mib", 0) for r in ok)[len(ok) // 2])
+    print("RSS: the training process's peak, plus workers x the largest worker's peak")
     for kind, (sec, mib) in med.items():
         base = "mid-folder" if kind.startswith("mid-") else "tiny-world"
         ratio = f"{sec / med[base][0]:.2f}x s, {mib / med[base][1]:.2f}x RSS vs {base}" if base in med else ""

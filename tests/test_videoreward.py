@@ -236,11 +236,9 @@ def test_release_layout_loads_strictly_merges_lora_and_scores_the_same(tiny, tmp
         load_reward("videoreward", checkpoint=str(step), **_tiny_arch(tiny))
 
 
-def _official_full_size_shapes() -> dict[str, tuple[int, ...]]:
-    """checkpoint-11352/model.pth of the release (docs/vlm-rewards.md): Qwen2-VL-2B in transformers 4.45's module
-    names under peft's ``base_model.model.``, LoRA r 64 on the text decoder's linears, 151660 embedding rows."""
-    p, s = "base_model.model.", {}
-    v, d = p + "visual.", 1280
+def _qwen_vision_shapes(v: str, out: int) -> dict[str, tuple[int, ...]]:
+    """Qwen2-VL's vision tower (32 blocks of width 1280) under the prefix ``v``, its merger projecting to ``out``."""
+    s, d = {}, 1280
     s[v + "patch_embed.proj.weight"] = (d, 3, 2, 14, 14)
     for i in range(32):
         b = f"{v}blocks.{i}."
@@ -250,7 +248,15 @@ def _official_full_size_shapes() -> dict[str, tuple[int, ...]]:
                   b + "attn.proj.bias": (d,), b + "mlp.fc1.weight": (4 * d, d), b + "mlp.fc1.bias": (4 * d,),
                   b + "mlp.fc2.weight": (d, 4 * d), b + "mlp.fc2.bias": (d,)})
     s.update({v + "merger.ln_q.weight": (d,), v + "merger.ln_q.bias": (d,), v + "merger.mlp.0.weight": (4 * d, 4 * d),
-              v + "merger.mlp.0.bias": (4 * d,), v + "merger.mlp.2.weight": (1536, 4 * d), v + "merger.mlp.2.bias": (1536,)})
+              v + "merger.mlp.0.bias": (4 * d,), v + "merger.mlp.2.weight": (out, 4 * d), v + "merger.mlp.2.bias": (out,)})
+    return s
+
+
+def _official_full_size_shapes() -> dict[str, tuple[int, ...]]:
+    """checkpoint-11352/model.pth of the release (docs/vlm-rewards.md): Qwen2-VL-2B in transformers 4.45's module
+    names under peft's ``base_model.model.``, LoRA r 64 on the text decoder's linears, 151660 embedding rows."""
+    p = "base_model.model."
+    s = _qwen_vision_shapes(p + "visual.", 1536)
     t, h = p + "model.", 1536
     s.update({t + "embed_tokens.weight": (151660, h), t + "norm.weight": (h,)})
     linears = {"self_attn.q_proj": (h, h, True), "self_attn.k_proj": (256, h, True), "self_attn.v_proj": (256, h, True),
@@ -425,17 +431,8 @@ def test_hpsv3_release_file_loads_strictly_and_scores_the_same(tmp_path):
 def _official_hpsv3_shapes() -> dict[str, tuple[int, ...]]:
     """HPSv3.safetensors (docs/vlm-rewards.md): Qwen2-VL-7B in transformers 4.45's module names, 151658 rows, the
     ranknet head."""
-    s, v, d, h = {}, "visual.", 1280, 3584
-    s[v + "patch_embed.proj.weight"] = (d, 3, 2, 14, 14)
-    for i in range(32):
-        b = f"{v}blocks.{i}."
-        for n in ("norm1", "norm2"):
-            s[f"{b}{n}.weight"] = s[f"{b}{n}.bias"] = (d,)
-        s.update({b + "attn.qkv.weight": (3 * d, d), b + "attn.qkv.bias": (3 * d,), b + "attn.proj.weight": (d, d),
-                  b + "attn.proj.bias": (d,), b + "mlp.fc1.weight": (4 * d, d), b + "mlp.fc1.bias": (4 * d,),
-                  b + "mlp.fc2.weight": (d, 4 * d), b + "mlp.fc2.bias": (d,)})
-    s.update({v + "merger.ln_q.weight": (d,), v + "merger.ln_q.bias": (d,), v + "merger.mlp.0.weight": (4 * d, 4 * d),
-              v + "merger.mlp.0.bias": (4 * d,), v + "merger.mlp.2.weight": (h, 4 * d), v + "merger.mlp.2.bias": (h,)})
+    h = 3584
+    s = _qwen_vision_shapes("visual.", h)
     s.update({"model.embed_tokens.weight": (151658, h), "model.norm.weight": (h,), "lm_head.weight": (151658, h)})
     for i in range(28):
         b = f"model.layers.{i}."
