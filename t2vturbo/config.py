@@ -164,6 +164,13 @@ class TrainConfig:
     split_reward_backward: bool = False
     #: torch CPU threads (0 = torch's default)
     num_threads: int = 0
+    #: train the whole network instead of a LoRA adapter (the ``lora`` section is then unused): every parameter
+    #: of the teacher's network, its guidance projection (and v2's motion projections) trains in fp32, and the
+    #: teacher's passes (the ODE step, the motion prior) run a frozen copy of the original network, made before
+    #: training in model.dtype (under FSDP both are sharded). Costs the network's weights once more, and fp32
+    #: weights + gradients + AdamW states for all of it (t2vturbo distill --dry-run counts it). The student is
+    #: saved whole (student.json ``full_finetune: true``) and exports to a stock pipeline (--format diffusers)
+    full_finetune: bool = False
     #: encode every caption of the data (and sample.prompts) once at setup, then free the text encoders: the
     #: teacher's and each reward's text tower (their weights are never needed again). Costs the teacher's text
     #: states per caption (L x D, e.g. 77 x 1024 in the model dtype for ModelScope): for caption sets that fit

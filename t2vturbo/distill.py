@@ -33,7 +33,14 @@ from .motion import MotionGuidance
 from .names import torch_dtype
 from .run_folder import RunFolder, StopSignals, log_line, progress_bar
 from .step import DistillStep, EMATarget
-from .student import make_student, save_student, student_state_dict, trainable_parameters
+from .student import (
+    frozen_copy,
+    make_full_student,
+    make_student,
+    save_student,
+    student_state_dict,
+    trainable_parameters,
+)
 from .train_state import rng_state, set_rng_state
 
 
@@ -62,6 +69,7 @@ class Distiller:
         self.load_teacher, self.load_reward, self.make_stream = load_teacher, load_reward, make_stream
         self.step = 0
         self.nonfinite_in_a_row = 0
+        self.frozen = None  # train.full_finetune: the frozen copy of the teacher's network (build_student)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -80,6 +88,9 @@ class Distiller:
 
             units = shard_network(self.teacher, r, self.device)
             self.log(f"FSDP: the network sharded in {units} units over {self.world} process(es)")
+            if self.frozen is not None:
+                units = shard_network(self.teacher, r, self.device, network=self.frozen)
+                self.log(f"FSDP: the frozen teacher copy sharded in {units} units")
             self.optimizer, self.scheduler = self.build_optimizer()
             self.ddp_network, clip_grad = self.network, clip_grad_norm
         else:
@@ -91,7 +102,8 @@ class Distiller:
                               f"schedule has {self.teacher.schedule.num_train_timesteps}; set it to match")
         self.stepper = DistillStep(r, self.teacher, self.rewards, optimizer=self.optimizer, scheduler=self.scheduler,
                                    network=self.ddp_network, autocast=self.acc.autocast, backward=self.acc.backward,
-                                   clip_grad=clip_grad, motion=self.motion, ema=ema, rank=self.rank)
+                                   clip_grad=clip_grad, motion=self.motion, ema=ema, rank=self.rank,
+                                   frozen=self.frozen)
         if r.train.cache_text:
             self.cache_text(self.stream.captions())
         if self.resume:
@@ -114,7 +126,9 @@ class Distiller:
 
     def build_student(self):
         """The teacher, and the student as the same network with a LoRA adapter and a guidance projection (no
-        second copy); T2V-Turbo-v2's motion projections too with ``distill.motion``."""
+        second copy); T2V-Turbo-v2's motion projections too with ``distill.motion``. With
+        ``train.full_finetune`` the student is the whole network (every parameter trains) and ``self.frozen`` a
+        frozen copy of the original network, made first, that the teacher's passes run."""
         r = self.recipe
         dtype = torch_dtype(r.model.dtype, "model.dtype")
         prepared = getattr(self.stream, "text_table", None)
@@ -130,8 +144,10 @@ class Distiller:
             teacher = self.load_teacher(r.model.teacher, device=self.device, dtype=dtype, text_table=table)
             freed = teacher.drop_vae_encoder()
             self.log(f"training from prepared latents: no text encoder, VAE encoder freed ({freed / 2**20:.0f} MiB)")
-        torch.manual_seed(r.train.seed)  # LoRA A init depends on the seed, identical on every rank
-        make_student(teacher, r.lora, r.distill.guidance_embed_dim)
+        self.frozen = None
+        if r.train.full_finetune:  # the teacher: the original network, copied before any training
+            self.frozen = frozen_copy(teacher.network)
+        self.make_student(teacher)
         m = r.distill.motion
         self.motion = MotionGuidance(m.scale, m.percentage, m.loss_scale) if m.scale > 0 else None
         if self.motion is not None:  # T2V-Turbo-v2: the student learns the motion guidance scale as an input
@@ -148,6 +164,16 @@ class Distiller:
             teacher.enable_block_checkpointing()
         self.network.train()
         return teacher
+
+    def make_student(self, teacher) -> None:
+        """The recipe's student surgery on ``teacher``'s network: a LoRA adapter (its init from the seed,
+        identical on every rank), or the whole network (``train.full_finetune``); a guidance projection either way."""
+        r = self.recipe
+        if r.train.full_finetune:
+            make_full_student(teacher, r.distill.guidance_embed_dim)
+        else:
+            torch.manual_seed(r.train.seed)  # LoRA A init depends on the seed, identical on every rank
+            make_student(teacher, r.lora, r.distill.guidance_embed_dim)
 
     def build_rewards(self) -> list[tuple[Any, Any]]:
         """Every configured reward (frozen) on every rank."""
@@ -355,6 +381,7 @@ class Distiller:
             "video": asdict(r.video),
             "rewards": [{"name": rc.name, "weight": rc.weight} for rc, _ in self.rewards],
             "trained_steps": self.step,
+            **({"full_finetune": True} if r.train.full_finetune else {}),
             **({"motion": self.motion.record()} if self.motion is not None else {}),
         }
 
@@ -410,6 +437,7 @@ class Distiller:
         from .parallel import gather_trainable, load_trainable
 
         full = gather_trainable(self.network)
+        self.release_frozen()
         if not self.is_main:
             return full
         r = self.recipe
@@ -418,8 +446,7 @@ class Distiller:
         self.network = self.ddp_network = None
         teacher = self.load_teacher(r.model.teacher, device=self.device, dtype=torch_dtype(r.model.dtype, "model.dtype"),
                                     **extra)
-        torch.manual_seed(r.train.seed)
-        make_student(teacher, r.lora, r.distill.guidance_embed_dim)
+        self.make_student(teacher)
         if self.motion is not None:
             teacher.add_motion_condition()
         for p in trainable_parameters(teacher.network):
@@ -427,6 +454,12 @@ class Distiller:
         load_trainable(teacher.network, full)
         self.teacher, self.network = teacher, teacher.network
         return full
+
+    def release_frozen(self) -> None:
+        """Free the frozen teacher copy of a full fine-tune (after training nothing runs it)."""
+        self.frozen = None
+        if getattr(self, "stepper", None) is not None:
+            self.stepper.frozen = None
 
     def check(self) -> dict | None:
         """The run's own evidence on the tiny world: its 4-step student judged on every caption, beside the
@@ -444,6 +477,7 @@ class Distiller:
     def run(self) -> Path | None:
         self.setup()
         self.train()
+        self.release_frozen()
         self.write_rank_summary(self.unshard() if self.sharded else None)
         path = self.save_final()
         self.write_samples()

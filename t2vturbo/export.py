@@ -7,7 +7,8 @@
   timestep embedding before its ``linear_1``, so for a fixed w ``linear_1(t + c) = W1 t + (b1 + W1 c)`` and
   ``linear_1.bias += W1 c`` replaces the projection. The result runs with ``guidance_scale=1`` (no CFG batch).
 - ``lora``: the adapter alone, in the layout the family's stock pipeline loads (peft's own for a UNet, with the
-  guidance projection as a ``modules_to_save`` entry; diffusers' ``load_lora_weights`` file for Wan).
+  guidance projection as a ``modules_to_save`` entry; diffusers' ``load_lora_weights`` file for Wan). A fully
+  fine-tuned student (``train.full_finetune``) has no adapter: it exports as ``diffusers`` only.
 
 The guidance folded by default is the one ``t2vturbo sample --student`` uses (:mod:`t2vturbo.defaults`), so the
 exported pipeline gives the frames the user saw. Both are written atomically: a failed export leaves no folder.
@@ -103,6 +104,9 @@ def export_student(
         raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     # read once: the base model and (our students only: a peft config has none of these keys) the recipe defaults
     meta = recorded_student_meta(student_path)
+    if format == "lora" and meta.get("full_finetune"):
+        raise ConfigError(f"{student_path} is a fully fine-tuned student (the whole network, no adapter): there is "
+                          "no LoRA to export; use --format diffusers")
     base = base_model_spec or base_model_of(meta)
     if not base:
         raise ConfigError(f"{student_path} does not record its base model; pass it with --model")

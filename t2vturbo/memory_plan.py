@@ -14,6 +14,10 @@ Per process and per parallelism:
   full weights of the largest unit (a block) twice (the one running and the one prefetched);
 - FSDP + CPU offload: the shards, gradients and optimiser states in CPU memory; the GPU holds the gathered units.
 
+A full fine-tune (``train.full_finetune``) trains every parameter of the network (fp32 weights, gradients and
+AdamW states for all of it) and holds a frozen copy of the original network (model.dtype) for the teacher's
+passes, sharded by FSDP like the rest.
+
 The VAE, the text encoder (none with ``train.cache_text`` or prepared latents) and the rewards (frozen, whole on
 every rank) come on top, with the activations of one student forward (attention counted as a fused GPU kernel
 keeps it: q, k, v, output, log-sum-exp). Not counted: the reward branch's decode and
@@ -199,6 +203,7 @@ class Counted:
     largest_unit: int  # the largest FSDP unit's weights, gathered
     activations: int  # what one student forward keeps for its backward (per process)
     notes: list[str] = field(default_factory=list)
+    teacher_copy: int = 0  # a full fine-tune's frozen copy of the network (the teacher's passes)
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -229,7 +234,8 @@ def _activations(teacher, recipe) -> tuple[int, dict[int, int], int]:
     from .consistency import guidance_embedding
 
     v, b = recipe.video, recipe.train.batch_size
-    dtype = next(p.dtype for p in teacher.network.parameters() if not p.requires_grad)
+    dtype = next((p.dtype for p in teacher.network.parameters() if not p.requires_grad),
+                 next(teacher.network.parameters()).dtype)  # a full fine-tune counted before its fp32 cast
     c, f, h, w = teacher.latent_shape(v.frames, v.height, v.width)
     x = torch.empty((b, c, f, h, w), device="meta", dtype=dtype)
     t = torch.full((b,), 500, device="meta", dtype=torch.long)
@@ -277,15 +283,22 @@ def _activations(teacher, recipe) -> tuple[int, dict[int, int], int]:
 def count(recipe) -> Counted:
     """Build the recipe's teacher and student on the meta device and count (:class:`Counted`)."""
     from .names import torch_dtype
-    from .student import make_student
+    from .student import make_full_student, make_student
 
     r = recipe
     dtype = torch_dtype(r.model.dtype, "model.dtype")
     teacher = meta_teacher(r.model.teacher, dtype)
-    make_student(teacher, r.lora, r.distill.guidance_embed_dim)
+    full = r.train.full_finetune
+    copy = _bytes(teacher.network) if full else 0  # the frozen teacher: the original network, as loaded
+    if full:
+        make_full_student(teacher, r.distill.guidance_embed_dim)
+    else:
+        make_student(teacher, r.lora, r.distill.guidance_embed_dim)
     if r.distill.motion.scale > 0:
         teacher.add_motion_condition()
     net = teacher.network
+    if full:  # the forward runs under autocast in model.dtype: its activations are counted at that precision
+        measured = _activations(teacher, r)
     for p in net.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -312,7 +325,7 @@ def count(recipe) -> Counted:
     blocks = teacher.network_blocks()
     unit_bytes = [_bytes(blk) for blk in blocks]
     root = _bytes(net) - sum(unit_bytes)
-    kept, per_block, block_inputs = _activations(teacher, r)
+    kept, per_block, block_inputs = measured if full else _activations(teacher, r)
     if r.train.gradient_checkpointing and per_block:
         # a checkpointed block keeps its inputs; the largest one is recomputed, whole, in the backward
         kept = kept - sum(per_block.values()) + block_inputs + max(per_block.values())
@@ -321,7 +334,7 @@ def count(recipe) -> Counted:
     return Counted(frozen=frozen, frozen_params=_numel(net, False), trainable_params=trainable,
                    trainable=trainable * 4, optimiser=trainable * (2 if r.train.optimizer == "adamw8bit" else 8),
                    ema=trainable * 4 if r.distill.target == "ema" else 0, vae=vae, text=text, rewards=rewards,
-                   largest_unit=max([root, *unit_bytes]), activations=kept, notes=notes)
+                   largest_unit=max([root, *unit_bytes]), activations=kept, notes=notes, teacher_copy=copy)
 
 
 def per_rank(c: Counted, world: int, mode: str) -> dict[str, float]:
@@ -329,6 +342,7 @@ def per_rank(c: Counted, world: int, mode: str) -> dict[str, float]:
     shard = max(1, world) if mode != "ddp" else 1
     gpu = {
         "network (frozen)": c.frozen / shard,
+        "teacher copy (frozen)": c.teacher_copy / shard,
         "adapter + guidance (fp32)": c.trainable / shard,
         "gradients": c.trainable / shard,
         "optimiser states": c.optimiser / shard,
@@ -342,7 +356,8 @@ def per_rank(c: Counted, world: int, mode: str) -> dict[str, float]:
     }
     cpu = 0.0
     if mode == "fsdp+offload":
-        for k in ("network (frozen)", "adapter + guidance (fp32)", "gradients", "optimiser states", "EMA target"):
+        for k in ("network (frozen)", "teacher copy (frozen)", "adapter + guidance (fp32)", "gradients",
+                  "optimiser states", "EMA target"):
             cpu += gpu[k]
             gpu[k] = 0.0
     out = {k: v / GIB for k, v in gpu.items()}
@@ -371,7 +386,8 @@ def describe_memory(recipe, world: int) -> list[str]:
     for key in cols["ddp"]:
         if all(abs(cols[m][key]) < 5e-4 for m in modes) and key not in ("total",):
             continue
-        lines.append(f"{key:<28}" + "".join(f"{cols[m][key]:>18.2f}" for m in modes))
+        label = "whole network (fp32)" if key == "adapter + guidance (fp32)" and c.teacher_copy else key
+        lines.append(f"{label:<28}" + "".join(f"{cols[m][key]:>18.2f}" for m in modes))
     lines.append(f"{'smallest GPU that fits':<28}" + "  ".join(f"{smallest_gpu(cols[m]['total'])}" for m in modes))
     lines += [f"note: {n}" for n in c.notes]
     return lines

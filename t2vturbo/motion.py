@@ -71,14 +71,16 @@ def motion_step_inputs(guidance: MotionGuidance, index: torch.Tensor, latents: t
 
 def motion_guided_noise(teacher, motion: MotionStep, guidance: MotionGuidance, eps_g: torch.Tensor,
                         x_t: torch.Tensor, t_start: torch.Tensor, cond: torch.Tensor, fps: torch.Tensor | None,
-                        solver_t: torch.Tensor) -> torch.Tensor:
+                        solver_t: torch.Tensor, network=None) -> torch.Tensor:
     """The teacher's guided noise with the motion prior on the active samples (the caller holds the adapter off
-    and dropout off): the clip inverted to t_start, the temporal-attention energy's gradient at x_t."""
+    and dropout off): the clip inverted to t_start, the temporal-attention energy's gradient at x_t.
+    ``network``: the teacher's network to run instead of its own (a full fine-tune's frozen copy)."""
     act = motion.active.nonzero().flatten()
     sub_fps = None if fps is None else fps[act]
-    reference = invert_latents(teacher, motion.latents[act], motion.index[act], solver_t, cond[act], sub_fps)
+    reference = invert_latents(teacher, motion.latents[act], motion.index[act], solver_t, cond[act], sub_fps,
+                               network=network)
     score, _, _, energy = motion_prior_score(teacher, x_t[act], t_start[act], reference, cond[act], sub_fps,
-                                             guidance.loss_scale)
+                                             guidance.loss_scale, network=network)
     motion.energy = float(energy) / len(act)
     abar = teacher.schedule.alphas_cumprod.to(eps_g.device)[t_start[act]]
     eps_g = eps_g.clone()
@@ -106,12 +108,12 @@ def sampling_motion_embeddings(guidance: MotionGuidance, n: int, dim: int, devic
 # ---------------------------------------------------------------------------------------------- the prior's maths
 @torch.no_grad()
 def invert_latents(teacher, latents: torch.Tensor, index: torch.Tensor, solver_t: torch.Tensor, text: torch.Tensor,
-                   fps: torch.Tensor | None = None, step_ratio: int | None = None) -> torch.Tensor:
+                   fps: torch.Tensor | None = None, step_ratio: int | None = None, network=None) -> torch.Tensor:
     """DDIM inversion of clean ``latents`` (B, C, F, h, w) along ``solver_t``, sample b up to ``solver_t[index[b]]``.
 
     Step i maps x at t_i - step_ratio (clipped at 0) to t_i with the teacher's epsilon at (x, t_i):
     ``x <- (x - sqrt(1 - a_prev) eps) sqrt(a_t / a_prev) + sqrt(1 - a_t) eps`` (T2V-Turbo-v2's reverse step).
-    The caller runs it with the adapter off (the teacher)."""
+    The caller runs it with the adapter off (the teacher), or gives the teacher's ``network`` to run."""
     if step_ratio is None:
         step_ratio = int(teacher.schedule.num_train_timesteps) // len(solver_t)
     abar = teacher.schedule.alphas_cumprod.to(latents.device, torch.float32)
@@ -121,7 +123,8 @@ def invert_latents(teacher, latents: torch.Tensor, index: torch.Tensor, solver_t
         t = int(solver_t[i])
         a_t, a_prev = abar[t], abar[max(t - step_ratio, 0)]
         _, eps = teacher.denoise(x.to(latents.dtype),
-                                 torch.full((b,), t, device=latents.device, dtype=solver_t.dtype), text, fps=fps)
+                                 torch.full((b,), t, device=latents.device, dtype=solver_t.dtype), text, fps=fps,
+                                 network=network)
         eps = eps.float()
         stepped = (x - (1 - a_prev).sqrt() * eps) * (a_t / a_prev).sqrt() + (1 - a_t).sqrt() * eps
         x = torch.where((index >= i).view(-1, 1, 1, 1, 1).to(x.device), stepped, x)
@@ -129,18 +132,23 @@ def invert_latents(teacher, latents: torch.Tensor, index: torch.Tensor, solver_t
 
 
 def motion_prior_score(teacher, x_t: torch.Tensor, t: torch.Tensor, reference: torch.Tensor, text: torch.Tensor,
-                       fps: torch.Tensor | None = None, loss_scale: float = 100.0
+                       fps: torch.Tensor | None = None, loss_scale: float = 100.0, network=None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(score, x0, eps, energy): the gradient of ``loss_scale`` x the motion energy with respect to ``x_t``, and
     the teacher's conditional prediction at x_t from the same forward. Each sample's energy is its own (the sum
-    over the batch), as in the reference's one-clip preprocessing. The caller runs it with the adapter off."""
-    with torch.no_grad(), teacher.record_motion_attention() as ref:
-        teacher.denoise(reference, t, text, fps=fps)
+    over the batch), as in the reference's one-clip preprocessing. The caller runs it with the adapter off, or
+    gives the teacher's ``network`` to run (and record) instead."""
+
+    def record():
+        return teacher.record_motion_attention() if network is None else teacher.record_motion_attention(network)
+
+    with torch.no_grad(), record() as ref:
+        teacher.denoise(reference, t, text, fps=fps, network=network)
     # the backward stays inside the recording block: under block checkpointing it recomputes the attention, which
     # must run the same processor as the forward did (what it records then is not used)
-    with torch.enable_grad(), teacher.record_motion_attention() as gen:
+    with torch.enable_grad(), record() as gen:
         x = x_t.detach().requires_grad_(True)
-        x0, eps = teacher.denoise(x, t, text, fps=fps)
+        x0, eps = teacher.denoise(x, t, text, fps=fps, network=network)
         maps = list(gen.probs)
         # equal-size, batch-major maps: the batch mean times B is the sum of the per-clip energies
         energy = loss_scale * motion_prior_loss(maps, ref.probs) * x_t.shape[0]

@@ -11,6 +11,10 @@ Why not accelerate's FSDP plugin: accelerate enables FSDP only for accelerator p
 ``DistributedType.FSDP`` for multi-GPU / NPU / XPU ..., and a CPU run silently becomes DDP), and it calls the same
 ``fully_shard`` underneath. Calling ``fully_shard`` directly gives one code path on CPU (gloo) and GPU (nccl).
 
+A fully fine-tuned student (``train.full_finetune``) trains the whole network and runs the teacher's passes on a
+frozen copy of it: both are sharded the same way, the copy block by block at the module names of the network's
+blocks (:func:`block_names`), resharded after every forward (it has no backward to keep its weights for).
+
 Checkpoints stay world-size independent: the trainable tensors and the optimiser state are gathered to full
 tensors (:func:`gather_trainable`, ``get_optimizer_state_dict(full_state_dict=True)``) and written by the main
 process as with DDP; a resume scatters them back, under any number of processes.
@@ -52,8 +56,17 @@ def check_fsdp(recipe, device: torch.device, world: int) -> None:
         raise ConfigError("train.parallel fsdp needs a process group (torchrun / accelerate launch)")
 
 
-def shard_network(teacher, recipe, device: torch.device) -> int:
-    """``fully_shard`` each block of the teacher's network, then the network; returns the number of units."""
+def block_names(teacher) -> list[str]:
+    """The module names, inside the teacher's network, of :meth:`Teacher.network_blocks` (how a copy of the
+    network finds its own blocks)."""
+    names = {id(m): n for n, m in teacher.network.named_modules()}
+    return [names[id(b)] for b in teacher.network_blocks()]
+
+
+def shard_network(teacher, recipe, device: torch.device, network: nn.Module | None = None) -> int:
+    """``fully_shard`` each block of the teacher's network, then the network; returns the number of units.
+    ``network``: a copy of the teacher's network (the frozen teacher of a full fine-tune) to shard instead, its
+    blocks found by name and each unit resharded after its forward."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -63,16 +76,17 @@ def shard_network(teacher, recipe, device: torch.device) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         raise ConfigError("train.parallel fsdp needs several processes: run it under torchrun or accelerate launch "
                           "(one process: train.parallel=ddp)")
-    net = teacher.network
+    net = teacher.network if network is None else network
     mesh = init_device_mesh(device.type, (world,))
-    options: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": recipe.train.fsdp.reshard_after_forward}
+    reshard = recipe.train.fsdp.reshard_after_forward or network is not None
+    options: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard}
     dtypes = {p.dtype for p in net.parameters()}
     if len(dtypes) > 1:  # a bf16 / fp16 base under fp32 adapters: gather everything in the base's precision
         base = next(p.dtype for p in net.parameters() if not p.requires_grad)
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=base, reduce_dtype=torch.float32)
     if recipe.train.fsdp.cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()
-    blocks = teacher.network_blocks()
+    blocks = teacher.network_blocks() if network is None else [net.get_submodule(n) for n in block_names(teacher)]
     # diffusers' blocks return views of their outputs, and FSDP2 warns that an in-place op on one would skip its
     # backward hook; the networks here do none (the sharded run's students equal DDP's: tests/test_fsdp.py)
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")

@@ -17,9 +17,12 @@ def describe_plan(recipe: Recipe) -> list[str]:
     lines = [
         f"teacher      {recipe.model.teacher} ({recipe.model.dtype}, device {recipe.model.device})",
         *([f"teacher from {family['files']}"] if family.get("files") else []),
-        f"student      LoRA rank {lo.rank} alpha {lo.alpha or lo.rank} dropout {lo.dropout} on "
-        f"{targets} + guidance projection "
-        f"({d.guidance_embed_dim}-d w embedding)",
+        (f"student      the whole network (train.full_finetune: every parameter in fp32, the lora section unused) "
+         f"+ guidance projection ({d.guidance_embed_dim}-d w embedding); the teacher is a frozen copy of the "
+         "network" if t.full_finetune else
+         f"student      LoRA rank {lo.rank} alpha {lo.alpha or lo.rank} dropout {lo.dropout} on "
+         f"{targets} + guidance projection "
+         f"({d.guidance_embed_dim}-d w embedding)"),
         f"video        {v.frames} frames {v.height}x{v.width} @ {v.fps} fps",
         f"solver       {solver}, skip k={d.skip}, w ~ U[{d.w_min}, {d.w_max}], "
         f"{d.loss} loss" + (f" (c={d.huber_c})" if d.loss == "huber" else "") + f", {d.target} target",

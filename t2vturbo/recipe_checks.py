@@ -34,7 +34,7 @@ SEED = Bound(0, 2**32 - 1, hint="numpy's seeds are 32-bit")
 #: that no numeric field of the recipe is left out
 BOUNDS: dict[str, Bound] = {
     "video.frames": AT_LEAST_1, "video.height": AT_LEAST_1, "video.width": AT_LEAST_1, "video.fps": AT_LEAST_1,
-    "lora.rank": AT_LEAST_1,
+    "lora.rank": AT_LEAST_1._replace(hint="to train the whole network instead set train.full_finetune=true"),
     "lora.alpha": POSITIVE._replace(hint="leave it out for alpha = rank"),
     "lora.dropout": Bound(0, 1, high_open=True),
     "distill.num_ddim_timesteps": AT_LEAST_1,

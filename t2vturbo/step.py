@@ -82,13 +82,16 @@ class DistillStep:
         autocast: a context-manager factory for mixed precision (accelerate's ``autocast``).
         backward, clip_grad: accelerate's ``backward`` and ``clip_grad_norm_`` (default plain torch).
         rank: this process's rank (every random draw of a step comes from (seed, step, rank)).
+        frozen: a fully fine-tuned student's teacher, a frozen copy of the original network (sharded like the
+            network under FSDP): the teacher's passes run it instead of the network with its adapter off.
     """
 
     def __init__(self, recipe: Recipe, teacher: Teacher, rewards: list[tuple[Any, RewardModel]], *,
                  optimizer: torch.optim.Optimizer, scheduler: Any, network: torch.nn.Module | None = None,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                  backward: Callable[[torch.Tensor], None] | None = None, clip_grad: Callable | None = None,
-                 motion: MotionGuidance | None = None, ema: EMATarget | None = None, rank: int = 0):
+                 motion: MotionGuidance | None = None, ema: EMATarget | None = None, rank: int = 0,
+                 frozen: torch.nn.Module | None = None):
         self.recipe, self.teacher, self.rewards = recipe, teacher, rewards
         self.net = teacher.network
         self.ddp_net = network if network is not None else self.net
@@ -97,6 +100,7 @@ class DistillStep:
         self.backward = backward or (lambda loss: loss.backward())
         self.clip_grad = clip_grad or torch.nn.utils.clip_grad_norm_
         self.motion, self.ema, self.rank = motion, ema, rank
+        self.frozen = frozen
         self.schedule = teacher.schedule
         self.device = teacher.device
         self.solver_t = self.schedule.solver_grid(recipe.distill.num_ddim_timesteps).to(self.device)
@@ -187,12 +191,13 @@ class DistillStep:
         for m in self.base_dropouts:  # whatever called .train() on the network since setup
             m.eval()
         with dropout_off(self.lora_dropouts):
-            # 3. Teacher (adapter off, no guidance embedding): cond and uncond in ONE batched forward,
-            #    CFG in the LCM form on x0 and eps, then one DDIM step t_start -> t_end.
-            with teacher_mode(self.net), self.autocast():
+            # 3. Teacher (adapter off, or the frozen copy of a full fine-tune; no guidance embedding): cond and
+            #    uncond in ONE batched forward, CFG in the LCM form on x0 and eps, then one DDIM step.
+            with self.teacher_network(), self.autocast():
                 x0_cu, eps_cu = teacher.denoise(torch.cat([x_t, x_t]), torch.cat([t_start, t_start]),
                                                 torch.cat([cond, uncond]),
-                                                fps=None if fps is None else torch.cat([fps, fps]))
+                                                fps=None if fps is None else torch.cat([fps, fps]),
+                                                network=self.frozen)
             x0_c, x0_u = x0_cu.float().chunk(2)
             eps_c, eps_u = eps_cu.float().chunk(2)
             w_t = teacher.teacher_guidance(w, t_start)  # the scale the teacher's pipeline uses at t_start
@@ -208,11 +213,17 @@ class DistillStep:
             target = self.schedule.consistency_output(x_prev.float(), x0_tgt.float(), t_end)
         return x_prev, target
 
+    def teacher_network(self) -> contextlib.AbstractContextManager:
+        """Within the block ``teacher.denoise(..., network=self.frozen)`` is the teacher: the network with its
+        adapter off, or (a full fine-tune) the frozen copy, which needs nothing switched."""
+        return teacher_mode(self.net) if self.frozen is None else contextlib.nullcontext()
+
     def motion_guided(self, eps_g, x_t, t_start, cond, fps, motion: MotionStep) -> torch.Tensor:
-        """The teacher's guided noise with the motion prior on the active samples (adapter off)."""
-        with teacher_mode(self.net), self.autocast():
+        """The teacher's guided noise with the motion prior on the active samples (adapter off, or the frozen
+        copy of a full fine-tune)."""
+        with self.teacher_network(), self.autocast():
             return motion_guided_noise(self.teacher, motion, self.motion, eps_g, x_t, t_start, cond, fps,
-                                       self.solver_t)
+                                       self.solver_t, network=self.frozen)
 
     def reward_gradient(self, x_t, t_start, cond, w_emb, fps, captions, gen, m_emb=None):
         """``train.split_reward_backward``: (d sum(beta R) / d pred, sum(beta R), per-reward means) from the

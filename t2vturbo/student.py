@@ -12,6 +12,12 @@ A saved student is a folder (or a single ``.safetensors`` with a ``.json`` besid
   under ``transformer.`` and ``transformer_2.`` on Wan2.2-A14B, :attr:`Teacher.guidance_keys`);
 - ``student.json``: ``{"format": "t2vturbo-student", "version": 1, "base_model", "lora": {...},
   "guidance_embed_dim", "schedule": {...}, "default_guidance", "default_steps", "fps"}``.
+
+A fully fine-tuned student (``train.full_finetune``, :func:`make_full_student`) has no adapter: the whole network
+trains, and the teacher's passes run a frozen copy of the original network (:func:`frozen_copy`). Its
+``student.safetensors`` is the network's whole state dict (the guidance projection and motion projections under
+their module names, the same keys as above), and its ``student.json`` says ``"full_finetune": true`` with
+``"lora": null``; it loads onto the base model it names.
 """
 
 from __future__ import annotations
@@ -135,6 +141,37 @@ def make_student(teacher: Teacher, lora: LoraSettings, guidance_embed_dim: int =
     return net
 
 
+FULL_MARK = "_t2vturbo_full_finetune"
+
+
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A frozen deep copy of the teacher's network, made before the student's surgery: what the teacher's passes
+    run when the student is the whole network (eval mode, no gradients, the network's dtype)."""
+    import copy
+
+    frozen = copy.deepcopy(net)
+    frozen.requires_grad_(False).eval()
+    return frozen
+
+
+def make_full_student(teacher: Teacher, guidance_embed_dim: int = 256) -> nn.Module:
+    """Turn the teacher's network into a fully fine-tuned student in place: a guidance projection is added and
+    every parameter of the network trains (no adapter). The teacher is then a :func:`frozen_copy` made before."""
+    net = teacher.network
+    if lora_layers(net):
+        raise CheckpointError("this network already carries a LoRA adapter; a full fine-tune starts from the base")
+    if guidance_projection(teacher) is None:
+        add_guidance_projection(teacher, guidance_embed_dim)
+    net.requires_grad_(True)
+    setattr(net, FULL_MARK, True)
+    return net
+
+
+def is_full_student(net: nn.Module) -> bool:
+    """Whether ``net`` is a fully fine-tuned student (:func:`make_full_student`), its DDP wrapper looked through."""
+    return bool(getattr(getattr(net, "module", net), FULL_MARK, False))
+
+
 def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad]
 
@@ -182,9 +219,11 @@ def dropout_off(modules: list[nn.Dropout]) -> Iterator[None]:
 
 def student_state_dict(teacher: Teacher) -> dict[str, torch.Tensor]:
     """LoRA weights (peft names, adapter name stripped), the guidance projection, and a v2-style student's motion
-    projections."""
+    projections; a fully fine-tuned student's whole network state dict (the same keys for those projections)."""
     from peft import get_peft_model_state_dict
 
+    if is_full_student(teacher.network):
+        return {k: v.detach().cpu().contiguous() for k, v in teacher.network.state_dict().items()}
     sd = dict(get_peft_model_state_dict(teacher.network, adapter_name=ADAPTER))
     for key, embedder in zip(teacher.guidance_keys, teacher.guidance_embedders(), strict=True):
         sd[key] = embedder.cond_proj.weight
@@ -197,7 +236,8 @@ def save_student(teacher: Teacher, folder: str | Path, meta: dict[str, Any]) -> 
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    info = {"format": FORMAT_NAME, "version": 1, "lora": getattr(teacher.network, "_t2vturbo_lora", None), **meta}
+    info = {"format": FORMAT_NAME, "version": 1, "lora": getattr(teacher.network, "_t2vturbo_lora", None),
+            **({"full_finetune": True} if is_full_student(teacher.network) else {}), **meta}
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         save_file(student_state_dict(teacher), str(tmp / STUDENT_FILE), metadata={"format": FORMAT_NAME})
@@ -228,6 +268,8 @@ def load_student_weights(teacher: Teacher, state: dict[str, torch.Tensor], meta:
 
     lora_meta = dict(meta.get("lora") or {})
     ranks = {k.rsplit(".lora_A", 1)[0]: v.shape[0] for k, v in state.items() if ".lora_A." in k}
+    if meta.get("full_finetune") or (not ranks and _whole_network(teacher, state)):
+        return load_full_student(teacher, state)
     if not ranks:
         raise CheckpointError("student file has no LoRA weights (no '*.lora_A.weight' keys)")
     base_rank = lora_meta.get("rank") or max(ranks.values())
@@ -251,6 +293,38 @@ def load_student_weights(teacher: Teacher, state: dict[str, torch.Tensor], meta:
     motion = {k[len(MOTION_PREFIX):]: v for k, v in state.items() if k.startswith(MOTION_PREFIX)}
     if motion:
         teacher.attach_motion_condition(motion)
+    net.requires_grad_(False)
+    return net
+
+
+def _whole_network(teacher: Teacher, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` holds the network's own weights (a fully fine-tuned student without its student.json)."""
+    own = set(teacher.network.state_dict())
+    return any(k in own for k in state)
+
+
+def load_full_student(teacher: Teacher, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Make the teacher's network the fully fine-tuned student ``state`` holds (its whole state dict, with the
+    guidance projection and any motion projections), strictly: a key this base model lacks or misses is refused
+    in one line. The network ends frozen (a student to sample with)."""
+    keys = teacher.guidance_keys
+    key = next((k for k in keys if k in state), None)
+    if key is None:
+        raise CheckpointError(f"fully fine-tuned student file has no guidance projection ({keys[0]})")
+    net = make_full_student(teacher, int(state[key].shape[1]))
+    motion = {k[len(MOTION_PREFIX):]: v for k, v in state.items() if k.startswith(MOTION_PREFIX)}
+    if motion:
+        teacher.attach_motion_condition(motion)
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad = next((k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)), None)
+    if missing or unexpected or bad:
+        what = (f"{missing[0]} is missing" if missing else f"unexpected key {unexpected[0]}" if unexpected
+                else f"{bad} is {tuple(state[bad].shape)} there, {tuple(own[bad].shape)} here")
+        raise CheckpointError(f"fully fine-tuned student does not fit this base model ({what}); load it onto the "
+                              "base model its student.json names")
+    net.load_state_dict(state, strict=True)
     net.requires_grad_(False)
     return net
 

@@ -109,7 +109,7 @@ def _stub_teacher(channels):
     ``channels`` inputs."""
     embedder = nn.Module()
     embedder.linear_1 = nn.Linear(channels, 4)
-    return SimpleNamespace(guidance_embedder=lambda: embedder)
+    return SimpleNamespace(guidance_embedder=lambda: embedder, guidance_embedders=lambda: [embedder])
 
 
 @pytest.mark.parametrize("cut, pair", [(-2, r"pair {last} \(conv_out\) is missing"),

@@ -15,8 +15,9 @@ from t2vturbo.config import load_recipe
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def _real_run_bytes(recipe_file: str, overrides: list[str]) -> tuple[int, int, int]:
-    """(frozen network bytes, trainable bytes, AdamW state bytes after one optimiser step) of a real setup."""
+def _real_run_bytes(recipe_file: str, overrides: list[str]) -> tuple[int, int, int, int]:
+    """(frozen network bytes, trainable bytes, AdamW state bytes after one optimiser step, a full fine-tune's
+    frozen teacher copy bytes) of a real setup."""
     from t2vturbo.distill import Distiller
 
     r = load_recipe(RECIPES / recipe_file, overrides)
@@ -31,16 +32,34 @@ def _real_run_bytes(recipe_file: str, overrides: list[str]) -> tuple[int, int, i
     opt.step()
     state = sum(v.numel() * v.element_size() for s in opt.state.values() for k, v in s.items() if k != "step")
     frozen = sum(p.numel() * p.element_size() for p in d.network.parameters() if not p.requires_grad)
-    return frozen, sum(p.numel() * 4 for p in params), state
+    copy = 0 if d.frozen is None else sum(p.numel() * p.element_size() for p in d.frozen.parameters())
+    return frozen, sum(p.numel() * 4 for p in params), state, copy
 
 
 @pytest.mark.parametrize("recipe_file", ["tiny.yaml", "tiny-wan.yaml"])
 def test_plan_counts_equal_a_real_run(recipe_file):
     ov = ["model.device=cpu", "lora.rank=8"]
     c = M.count(load_recipe(RECIPES / recipe_file, ov))
-    frozen, trainable, optimiser = _real_run_bytes(recipe_file, ov)
-    assert (c.frozen, c.trainable, c.optimiser) == (frozen, trainable, optimiser)
+    frozen, trainable, optimiser, copy = _real_run_bytes(recipe_file, ov)
+    assert (c.frozen, c.trainable, c.optimiser, c.teacher_copy) == (frozen, trainable, optimiser, copy)
     assert c.activations > 0 and c.largest_unit > 0
+
+
+@pytest.mark.parametrize("recipe_file", ["tiny.yaml", "tiny-wan.yaml"])
+def test_plan_counts_a_full_finetune_as_a_real_run(recipe_file):
+    """train.full_finetune: the whole network trainable in fp32 (+ gradients, AdamW states), nothing frozen in
+    it, and the frozen teacher copy in model.dtype; FSDP divides the copy as it divides the rest."""
+    ov = ["model.device=cpu", "train.full_finetune=true"]
+    c = M.count(load_recipe(RECIPES / recipe_file, ov))
+    frozen, trainable, optimiser, copy = _real_run_bytes(recipe_file, ov)
+    assert (c.frozen, c.trainable, c.optimiser, c.teacher_copy) == (frozen, trainable, optimiser, copy)
+    assert frozen == 0 and copy > 0 and trainable >= copy  # the student is the network plus its projection
+    assert c.trainable_params * 4 == c.trainable and c.activations > 0
+    lora = M.count(load_recipe(RECIPES / recipe_file, ["model.device=cpu", "lora.rank=8"]))
+    assert lora.teacher_copy == 0 and lora.frozen == copy  # the LoRA run's frozen base is the copy's size
+    ddp, fsdp = M.per_rank(c, 4, "ddp"), M.per_rank(c, 4, "fsdp")
+    assert ddp["teacher copy (frozen)"] == pytest.approx(copy / M.GIB)
+    assert fsdp["teacher copy (frozen)"] == pytest.approx(copy / 4 / M.GIB)
 
 
 def test_fsdp_divides_what_it_shards_and_offload_moves_it_to_the_cpu():

@@ -8,7 +8,8 @@ third, toy family inside the test file and runs a distillation step, sampling an
 unchanged.
 
 The student is the SAME network with a LoRA adapter and a guidance projection (:mod:`t2vturbo.student`); the
-teacher is that network with the adapter disabled. Nothing copies the network.
+teacher is that network with the adapter disabled. Nothing copies the network, except a full fine-tune
+(``train.full_finetune``): its teacher is a frozen copy, passed to :meth:`Teacher.denoise` as ``network``.
 """
 
 from __future__ import annotations
@@ -202,9 +203,10 @@ class Teacher:
     def drop_motion_condition(self) -> None:
         """Remove the motion projections (an export to a stock pipeline, which has no input for them)."""
 
-    def record_motion_attention(self) -> contextlib.AbstractContextManager:
+    def record_motion_attention(self, network: nn.Module | None = None) -> contextlib.AbstractContextManager:
         """Within the block the network's temporal self-attention probabilities are recorded, differentiably, into
-        the context object's ``probs`` list (MotionClone's motion representation)."""
+        the context object's ``probs`` list (MotionClone's motion representation); ``network``: a copy of the
+        network to record instead (a full fine-tune's frozen teacher)."""
         raise ConfigError(f"{self.name} has no temporal attention to read motion from; set distill.motion.scale=0")
 
     # ------------------------------------------------------------------ student files and export

@@ -176,8 +176,8 @@ class UNet3DTeacher(Teacher):
         if self.supports_motion:
             del self.unet.motion_condition
 
-    def record_motion_attention(self):
-        return record_temporal_attention(self.unet)
+    def record_motion_attention(self, network: nn.Module | None = None):
+        return record_temporal_attention(self.unet if network is None else network)
 
     # ------------------------------------------------------------------ student files and export
     def load_student_file(self, path: Path, kind: str) -> dict:

@@ -198,9 +198,10 @@ class WanTeacher(Teacher):
         ``num_inference_steps=4, guidance_scale=1.0``."""
         from diffusers import FlowMatchLCMScheduler, WanPipeline
 
-        from ..student import fold_guidance, merge_lora
+        from ..student import fold_guidance, lora_layers, merge_lora
 
-        merge_lora(self.transformer)
+        if lora_layers(self.transformer):  # a fully fine-tuned student has whole weights: nothing to merge
+            merge_lora(self.transformer)
         fold_guidance(self.guidance_embedder(), guidance)
         scheduler = FlowMatchLCMScheduler.from_config(self.schedule.lcm_scheduler_config())
         pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, transformer=self.transformer,

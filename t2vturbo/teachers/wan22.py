@@ -276,9 +276,10 @@ class Wan22Teacher(WanTeacher):
         ``FlowMatchLCMScheduler``: run it with ``num_inference_steps=4, guidance_scale=1.0``."""
         from diffusers import FlowMatchLCMScheduler
 
-        from ..student import fold_guidance, merge_lora
+        from ..student import fold_guidance, lora_layers, merge_lora
 
-        merge_lora(self.network)
+        if lora_layers(self.network):  # a fully fine-tuned student has whole weights: nothing to merge
+            merge_lora(self.network)
         for embedder in self.guidance_embedders():
             fold_guidance(embedder, guidance)
         pipe = self._pipeline(FlowMatchLCMScheduler.from_config(self.schedule.lcm_scheduler_config()))
