@@ -505,7 +505,7 @@ def test_the_memory_plan_counts_both_experts_and_the_5b():
     for tiny in ("tiny-wan22.yaml", "tiny-wan22-5b.yaml"):
         ov = ["model.device=cpu", "lora.rank=8"]
         c = M.count(load_recipe(REPO / "recipes" / tiny, ov))
-        assert (c.frozen, c.trainable, c.optimiser) == _real_run_bytes(tiny, ov)
+        assert (c.frozen, c.trainable, c.optimiser, c.teacher_copy) == _real_run_bytes(tiny, ov)
     c = M.count(load_recipe(REPO / "recipes" / "wan2.2-t2v-a14b.yaml", check=False))
     lora = 40 * (8 * 32 * (5120 + 5120) + 2 * 32 * (5120 + 13824))
     assert c.trainable_params == 2 * lora + 2 * 256 * 256 and 28.5e9 < c.frozen_params < 28.7e9 and c.text == 0
