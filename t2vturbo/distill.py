@@ -35,10 +35,10 @@ from .run_folder import RunFolder, StopSignals, log_line, progress_bar
 from .step import DistillStep, EMATarget
 from .student import (
     frozen_copy,
-    make_full_student,
-    make_student,
     save_student,
+    student_for_recipe,
     student_state_dict,
+    train_in_fp32,
     trainable_parameters,
 )
 from .train_state import rng_state, set_rng_state
@@ -147,33 +147,20 @@ class Distiller:
         self.frozen = None
         if r.train.full_finetune:  # the teacher: the original network, copied before any training
             self.frozen = frozen_copy(teacher.network)
-        self.make_student(teacher)
+        student_for_recipe(teacher, r)  # T2V-Turbo-v2: the student learns the motion guidance scale as an input
         m = r.distill.motion
         self.motion = MotionGuidance(m.scale, m.percentage, m.loss_scale) if m.scale > 0 else None
-        if self.motion is not None:  # T2V-Turbo-v2: the student learns the motion guidance scale as an input
-            teacher.add_motion_condition()  # a family that cannot learn it refuses first: no shape fixes that
         v = r.video
         try:  # a clip shape the family cannot take: one line naming the recipe keys, before any work
             teacher.latent_shape(v.frames, v.height, v.width)
         except ConfigError as err:
             raise ConfigError(f"video.frames/height/width {v.frames}x{v.height}x{v.width}: {err}") from None
         self.network = teacher.network
-        for p in trainable_parameters(self.network):
-            p.data = p.data.float()  # trainable weights stay fp32 even over a bf16 base
+        train_in_fp32(self.network)
         if r.train.gradient_checkpointing:
             teacher.enable_block_checkpointing()
         self.network.train()
         return teacher
-
-    def make_student(self, teacher) -> None:
-        """The recipe's student surgery on ``teacher``'s network: a LoRA adapter (its init from the seed,
-        identical on every rank), or the whole network (``train.full_finetune``); a guidance projection either way."""
-        r = self.recipe
-        if r.train.full_finetune:
-            make_full_student(teacher, r.distill.guidance_embed_dim)
-        else:
-            torch.manual_seed(r.train.seed)  # LoRA A init depends on the seed, identical on every rank
-            make_student(teacher, r.lora, r.distill.guidance_embed_dim)
 
     def build_rewards(self) -> list[tuple[Any, Any]]:
         """Every configured reward (frozen) on every rank."""
@@ -437,7 +424,6 @@ class Distiller:
         from .parallel import gather_trainable, load_trainable
 
         full = gather_trainable(self.network)
-        self.release_frozen()
         if not self.is_main:
             return full
         r = self.recipe
@@ -446,11 +432,8 @@ class Distiller:
         self.network = self.ddp_network = None
         teacher = self.load_teacher(r.model.teacher, device=self.device, dtype=torch_dtype(r.model.dtype, "model.dtype"),
                                     **extra)
-        self.make_student(teacher)
-        if self.motion is not None:
-            teacher.add_motion_condition()
-        for p in trainable_parameters(teacher.network):
-            p.data = p.data.float()
+        student_for_recipe(teacher, r)
+        train_in_fp32(teacher.network)
         load_trainable(teacher.network, full)
         self.teacher, self.network = teacher, teacher.network
         return full

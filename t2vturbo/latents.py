@@ -25,7 +25,6 @@ The posterior is stored, not a sample of it: the step draws ``mean + std * eps``
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,19 +100,16 @@ class PreparePlan:
 def probe_clip(path: str, frames: int, fps: float) -> str | None:
     """Why a clip will be skipped (missing, unreadable, no video, too short for ``frames`` frames at its own rate
     or less), read from its header only; None if it looks readable."""
-    from .video import _duration, _opened
+    from .video import _duration, _opened, window_rate
 
     p = Path(path)
     if not p.is_file():
         return "file not found"
     try:
         with _opened(p) as (container, stream):
-            duration = _duration(container, stream)
-            ceiling = float(stream.average_rate or 4 * fps)
+            window_rate(_duration(container, stream), frames, fps, float(stream.average_rate or 4 * fps), path)
     except VideoReadError as err:
         return str(err)
-    if frames > 1 and (duration <= 0 or (frames - 1) / duration > max(ceiling, fps)):
-        return f"{duration:.2f} s is too short for {frames} frames"
     return None
 
 
@@ -260,7 +256,7 @@ def prepare_dataset(recipe, out: str | Path, windows: int = 1, shard_clips: int 
                     world_size: int = 1, log=print, load_teacher=None) -> dict | None:
     """``t2vturbo prepare``: write the shards this process owns (those not yet written), then, if every shard is
     there, the extra text and the index. Returns the index when this process wrote it."""
-    from .names import torch_dtype
+    from .names import process_device, torch_dtype
     from .safeio import save_json
 
     plan = plan_prepare(recipe, out, windows, shard_clips)
@@ -277,10 +273,7 @@ def prepare_dataset(recipe, out: str | Path, windows: int = 1, shard_clips: int 
         if teacher is None:
             from .teachers import load_teacher as real_loader
 
-            device = recipe.model.device
-            if device == "auto":
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-            teacher = (load_teacher or real_loader)(recipe.model.teacher, device=device,
+            teacher = (load_teacher or real_loader)(recipe.model.teacher, device=process_device(recipe.model.device),
                                                     dtype=torch_dtype(recipe.model.dtype, "model.dtype"))
         return teacher
 

@@ -283,25 +283,17 @@ def _activations(teacher, recipe) -> tuple[int, dict[int, int], int]:
 def count(recipe) -> Counted:
     """Build the recipe's teacher and student on the meta device and count (:class:`Counted`)."""
     from .names import torch_dtype
-    from .student import make_full_student, make_student
+    from .student import student_for_recipe, train_in_fp32
 
     r = recipe
     dtype = torch_dtype(r.model.dtype, "model.dtype")
     teacher = meta_teacher(r.model.teacher, dtype)
     full = r.train.full_finetune
     copy = _bytes(teacher.network) if full else 0  # the frozen teacher: the original network, as loaded
-    if full:
-        make_full_student(teacher, r.distill.guidance_embed_dim)
-    else:
-        make_student(teacher, r.lora, r.distill.guidance_embed_dim)
-    if r.distill.motion.scale > 0:
-        teacher.add_motion_condition()
-    net = teacher.network
+    net = student_for_recipe(teacher, r)  # what a run builds (distill.Distiller.build_student)
     if full:  # the forward runs under autocast in model.dtype: its activations are counted at that precision
         measured = _activations(teacher, r)
-    for p in net.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
+    train_in_fp32(net)
     trainable = _numel(net, True)
     frozen = sum(p.numel() * p.element_size() for p in net.parameters() if not p.requires_grad)
     notes = []

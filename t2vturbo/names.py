@@ -24,6 +24,18 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return torch_dtype(name, "--dtype (or auto)")
 
 
+def process_device(device: str) -> str:
+    """``device`` for this process: ``auto`` is cuda if there is one, else cpu; a bare ``cuda`` under torchrun /
+    accelerate launch is this process's GPU (``cuda:LOCAL_RANK``)."""
+    import os
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device) == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
 def slugify(text: str, limit: int = 60, sep: str = "-") -> str:
     """A file-name-safe form of ``text``: lower case, runs of other characters become one ``sep``."""
     slug = "".join(c if c.isalnum() else sep for c in text.lower())

@@ -42,7 +42,7 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if _is_dtensor(t) else t
 
 
-def check_fsdp(recipe, device: torch.device, world: int) -> None:
+def check_fsdp(recipe, device: torch.device) -> None:
     """One-line refusals before anything is sharded."""
     t = recipe.train
     if t.optimizer == "adamw8bit":
@@ -52,8 +52,6 @@ def check_fsdp(recipe, device: torch.device, world: int) -> None:
     if t.fsdp.cpu_offload and device.type != "cuda":
         raise ConfigError("train.fsdp.cpu_offload moves GPU shards to CPU memory; this run is on the CPU already: "
                           "set train.fsdp.cpu_offload=false")
-    if world < 1:
-        raise ConfigError("train.parallel fsdp needs a process group (torchrun / accelerate launch)")
 
 
 def block_names(teacher) -> list[str]:
@@ -71,13 +69,12 @@ def shard_network(teacher, recipe, device: torch.device, network: nn.Module | No
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    check_fsdp(recipe, device, world)
+    check_fsdp(recipe, device)
     if not (dist.is_available() and dist.is_initialized()):
         raise ConfigError("train.parallel fsdp needs several processes: run it under torchrun or accelerate launch "
                           "(one process: train.parallel=ddp)")
     net = teacher.network if network is None else network
-    mesh = init_device_mesh(device.type, (world,))
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     reshard = recipe.train.fsdp.reshard_after_forward or network is not None
     options: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard}
     dtypes = {p.dtype for p in net.parameters()}

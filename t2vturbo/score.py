@@ -245,9 +245,10 @@ def score_across_processes(paths: Iterable[str | os.PathLike], rewards: Sequence
         return score_videos(paths, rewards, device=device, **kwargs)
     import torch.distributed as dist
 
+    from .names import process_device
+
     rank = int(os.environ.get("RANK", "0"))
-    if str(device).startswith("cuda") and ":" not in str(device):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    device = process_device(device)
     dist.init_process_group("gloo")
     try:
         report = score_videos(paths, rewards, device=device, shard=(rank, world), **kwargs)

@@ -167,6 +167,28 @@ def make_full_student(teacher: Teacher, guidance_embed_dim: int = 256) -> nn.Mod
     return net
 
 
+def student_for_recipe(teacher: Teacher, recipe) -> nn.Module:
+    """The recipe's student surgery on ``teacher``'s network, in place: a LoRA adapter (its init drawn from
+    ``train.seed``, the same on every rank) or, with ``train.full_finetune``, the whole network; a guidance
+    projection either way, and T2V-Turbo-v2's motion projections when ``distill.motion`` is on. The trainable
+    tensors stay in the network's dtype (:func:`train_in_fp32` makes them fp32)."""
+    r = recipe
+    if r.train.full_finetune:
+        make_full_student(teacher, r.distill.guidance_embed_dim)
+    else:
+        torch.manual_seed(r.train.seed)
+        make_student(teacher, r.lora, r.distill.guidance_embed_dim)
+    if r.distill.motion.scale > 0:  # a family that cannot learn it refuses here: no shape fixes that
+        teacher.add_motion_condition()
+    return teacher.network
+
+
+def train_in_fp32(net: nn.Module) -> None:
+    """The trainable tensors in fp32, even over a bf16 / fp16 base (their updates would round away otherwise)."""
+    for p in trainable_parameters(net):
+        p.data = p.data.float()
+
+
 def is_full_student(net: nn.Module) -> bool:
     """Whether ``net`` is a fully fine-tuned student (:func:`make_full_student`), its DDP wrapper looked through."""
     return bool(getattr(getattr(net, "module", net), FULL_MARK, False))

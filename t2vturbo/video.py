@@ -273,18 +273,25 @@ def read_window(path: str | os.PathLike | bytes | BinaryIO, frames: int, fps: fl
             raise VideoReadError(f"video not found: {name}")
     with _opened(path, name) as (container, stream):
         duration = _duration(container, stream)
-        rate = fps
-        if frames > 1 and duration < (frames - 1) / fps:
-            ceiling = max_fps or float(stream.average_rate or 4 * fps)
-            rate = (frames - 1) / duration if duration > 0 else math.inf
-            if rate > ceiling:
-                raise VideoReadError(f"cannot read video {name}: {duration:.2f} s is too short for {frames} "
-                                     f"frames at {ceiling:g} fps or less; it is skipped")
+        rate = window_rate(duration, frames, fps, max_fps or float(stream.average_rate or 4 * fps), name)
         latest = max(0.0, duration - (frames - 1) / rate) if frames > 1 else duration
         t0 = min(max(0.0, float(start(latest))), latest)
         targets = [t0 + k / rate for k in range(frames)]
         pixels, times = _decode_window(container, stream, targets, height, width)
     return Window(pixels=pixels, fps=rate, times=times, duration=duration)
+
+
+def window_rate(duration: float, frames: int, fps: float, ceiling: float, name: str = "the clip") -> float:
+    """The rate ``frames`` frames are read at from a clip of ``duration`` seconds: ``fps``, or for a clip shorter
+    than that window the rate that fits it, up to ``ceiling`` (the file's own rate); shorter still, VideoReadError
+    (one line: the caller skips and counts the clip)."""
+    if frames <= 1 or duration >= (frames - 1) / fps:
+        return fps
+    rate = (frames - 1) / duration if duration > 0 else math.inf
+    if rate > ceiling:
+        raise VideoReadError(f"cannot read video {name}: {duration:.2f} s is too short for {frames} frames at "
+                             f"{ceiling:g} fps or less; it is skipped")
+    return rate
 
 
 def _duration(container, stream) -> float:
