@@ -3,14 +3,17 @@
 - today: ``read_video`` decodes the whole file to float32, then ``data.fit_clip`` strides 16 frames over the whole
   clip and resizes them (what ``FolderStream`` does for every clip of every step);
 - window: ``video.read_window`` seeks to the keyframe before a 16-frame window at 8 fps true speed, decodes to its
-  end, and converts only the chosen frames, at the target size, before they become float.
+  end (skipping the non-reference frames no target shows), and converts only the chosen frames, at the target
+  size, before they become float.
 
 Each reading runs in a child process of its own, so its peak RSS is its own (minus the same imports for both).
-Clips are generated once into ``--cache`` (360p / 720p / 1080p x 5 s / 30 s at 25 fps by default).
+Clips are generated once into ``--cache``/``--clips`` (360p / 720p / 1080p x 5 s / 30 s at 25 fps by default):
+``web`` (default) as web video is coded (B-frames, ~4 Mbit/s at 1080p), ``noise`` a 26 Mbit/s all-P stress test.
 
-    python bench/data_throughput.py                      # the full table (generates ~1 GB of clips once)
+    python bench/data_throughput.py                      # the full table (generates the clips once)
     python bench/data_throughput.py --sizes 360 --lengths 5 --repeats 1   # a quick look
     python bench/data_throughput.py --distill tiny-world,folder-0,folder-1,folder-2   # s/step from each source
+    python bench/data_throughput.py --distill tiny-world,folder-0 --set data.window_start=keyframe   # a recipe key
     python bench/data_throughput.py --distill mid-folder,mid-latents    # the mid-size teacher: videos vs prepared
 """
 
@@ -28,25 +31,58 @@ from pathlib import Path
 SIZES = {360: (640, 360), 720: (1280, 720), 1080: (1920, 1080)}
 
 
-def make_clip(path: Path, width: int, height: int, seconds: float, fps: int = 25) -> Path:
-    """A moving gradient with noise, H.264 (preset veryfast, a keyframe every 2 s as most web video has)."""
+CLIP_STYLES = {
+    "web": "a camera panning over a textured scene with a moving disc: H.264 as web video is (B-frames, ~5 Mbit/s "
+           "at 1080p)",
+    "noise": "a brightening gradient over fixed per-pixel noise: all P-frames, ~26 Mbit/s at 1080p (a decoding "
+             "stress test, 3-5x the bitrate of web video)",
+}
+
+
+def make_clip(path: Path, width: int, height: int, seconds: float, fps: int = 25, style: str = "web") -> Path:
+    """A generated clip (``CLIP_STYLES``), H.264 (preset veryfast, CRF 23, a keyframe every 2 s as most web video
+    has)."""
     import av
     import numpy as np
 
     if path.is_file():
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part.mp4")
     rng = np.random.default_rng(0)
-    base = np.add.outer(np.arange(height), np.arange(width)) % 256
-    noise = rng.integers(0, 32, size=(height, width))
+    n = int(seconds * fps)
+    if style == "noise":
+        base = np.add.outer(np.arange(height), np.arange(width)) % 256
+        noise = rng.integers(0, 32, size=(height, width))
+
+        def frame(i):
+            y = (base + 3 * i) % 256
+            return np.stack([y, (y + noise) % 256, 255 - y], axis=-1)
+    else:  # a scene larger than the view, smooth at several scales, panned 2 px a frame, a disc crossing it
+        pan = 2 * n
+        big_h, big_w = height + pan // 4, width + pan
+        scene = np.zeros((big_h, big_w, 3))
+        for cell, amp in ((1, 40), (8, 40), (32, 64), (128, 64)):
+            coarse = rng.random((big_h // cell + 2, big_w // cell + 2, 3))
+            scene += np.kron(coarse, np.ones((cell, cell, 1)))[:big_h, :big_w] * amp
+        scene = np.clip(scene, 0, 255)
+        grain = rng.integers(-2, 3, size=(8, height, width, 1))  # sensor noise: no two frames alike
+        yy, xx = np.mgrid[0:height, 0:width]
+        r = height // 8
+
+        def frame(i):
+            x0, y0 = 2 * i, (i // 4) % (pan // 4 + 1)
+            img = scene[y0 : y0 + height, x0 : x0 + width].copy()
+            cx, cy = (width * (0.2 + 0.6 * (i % (4 * fps)) / (4 * fps))), height / 2
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (230, 60, 40)
+            return np.clip(img + grain[i % 8], 0, 255)
+
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "veryfast", "crf": "23", "g": str(2 * fps)}
-        for i in range(int(seconds * fps)):
-            y = (base + 3 * i) % 256
-            rgb = np.stack([y, (y + noise) % 256, 255 - y], axis=-1).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        for i in range(n):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame(i).astype(np.uint8), format="rgb24")))
         container.mux(stream.encode())
     tmp.rename(path)
     return path
@@ -72,6 +108,57 @@ def read_once(reader: str, path: str, frames: int, fps: float, size: int) -> dic
     return {"seconds": seconds, "peak_mib": peak, "imports_mib": before}
 
 
+def _uss_mib(pid: int) -> float:
+    """A process's unique set size (the pages only it maps: a forked worker's copied and new pages), MiB."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return sum(int(line.split()[1]) for line in fh if line.startswith(("Private_Clean:", "Private_Dirty:")))/1024
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+class WorkerMemory:
+    """Samples, every ``every`` seconds in a thread, the summed USS of this process's descendants (the loader
+    workers): what they hold beyond the pages they share with the training process (a forked worker's untouched
+    copy-on-write pages, the libraries). Its peak is ``peak_mib``; added to the training process's peak RSS it is
+    what the run takes from the machine. Only the workers are read: reading a process's smaps stalls its page
+    faults, and sampling the training process itself slowed the tiny step by a third."""
+
+    def __init__(self, every: float = 0.1):
+        import threading
+
+        self.every, self.peak_mib, self._stop = every, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, sum(_uss_mib(p) for p in _tree(os.getpid())[1:]))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 DISTILL_KINDS = ("tiny-world", "folder-0", "folder-1", "folder-2", "mid-folder", "mid-latents")
 
 
@@ -79,16 +166,18 @@ def mid_loader(spec, device="cpu", dtype=None, text_table=None):
     """The mid-size teacher of bench/midsize.py in place of the recipe's (a table: answered from it, as
     ``load_teacher(text_table=...)`` does)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from midsize import build_midsize_teacher
+    from midsize import PROPORTIONATE_VAE_CONFIG, build_midsize_teacher
 
-    teacher = build_midsize_teacher(seed=0, with_text=text_table is None)  # as load_teacher builds none
+    # the VAE in ModelScope's proportion to the UNet: what latents save is the encode's real share of a step
+    teacher = build_midsize_teacher(seed=0, with_text=text_table is None, vae=PROPORTIONATE_VAE_CONFIG)
     if text_table is not None:
         teacher.release_text_encoder(text_table)
     return teacher.freeze().to(device=device, dtype=dtype)
 
 
 def distill_overrides(kind: str, args, prepared: Path) -> list[str]:
-    ov = ["model.device=cpu", f"train.max_steps={args.steps}", "train.checkpoint_every=100000", "sample.prompts=[]"]
+    ov = ["model.device=cpu", f"train.max_steps={args.steps}", "train.checkpoint_every=100000", "sample.prompts=[]",
+          *args.set]
     if kind.startswith("folder-"):
         ov += ["data.source=folder", f"data.path={args.cache}", f"data.num_workers={kind.split('-')[1]}"]
     elif kind.startswith("mid-"):
@@ -108,10 +197,10 @@ def distill_once(kind: str, args) -> dict:
     from t2vturbo.config import load_recipe
     from t2vturbo.distill import Distiller
 
-    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}"
+    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}-vae2"
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml", distill_overrides(kind, args, prepared))
     extra = {"load_teacher": mid_loader} if kind.startswith("mid-") else {}
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, WorkerMemory() as workers:
         d = Distiller(recipe, out, progress=False, log=lambda m: None, **extra)
         d.setup()
         d.train()
@@ -122,7 +211,7 @@ def distill_once(kind: str, args) -> dict:
         gc.collect()
     seconds = [r["seconds"] for r in rows[2:]] or [r["seconds"] for r in rows]
     return {"seconds": statistics.median(seconds), "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "workers_uss_mib": workers.peak_mib}
 
 
 def prepare_mid(args) -> tuple[Path, float]:
@@ -130,7 +219,7 @@ def prepare_mid(args) -> tuple[Path, float]:
     from t2vturbo.config import load_recipe
     from t2vturbo.latents import INDEX_FILE, prepare_dataset
 
-    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}"
+    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}-vae2"
     if (prepared / INDEX_FILE).is_file():
         return prepared, float("nan")
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml",
@@ -145,7 +234,7 @@ def distill_table(args) -> None:
     cache = Path(args.cache)
     for size, length in ((720, 5), (720, 30), (1080, 5), (1080, 30)):
         w, h = SIZES[size]
-        make_clip(cache / f"{size}p-{length:g}s.mp4", w, h, length)
+        make_clip(cache / f"{size}p-{length:g}s.mp4", w, h, length, style=args.clips)
     captions = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
                 "a yellow circle moving down"]
     (cache / "captions.csv").write_text("path,caption\n" + "".join(
@@ -159,7 +248,8 @@ def distill_table(args) -> None:
     for _ in range(args.repeats):
         for kind in kinds:
             cmd = [sys.executable, __file__, "--distill-child", kind, "--steps", str(args.steps), "--cache", args.cache,
-                   "--mid-frames", str(args.mid_frames), "--mid-size", str(args.mid_size)]
+                   "--mid-frames", str(args.mid_frames), "--mid-size", str(args.mid_size),
+                   *[f"--set={kv}" for kv in args.set]]
             out = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             runs[kind].append(json.loads(line[7:]) if line else
@@ -175,13 +265,20 @@ def distill_table(args) -> None:
             continue
         workers = int(kind.split("-")[1]) if kind.startswith("folder-") else 0
         # the training process's peak plus, with loader workers, each worker's (the largest one's, times their count)
-        med[kind] = (sorted(r["seconds"] for r in ok)[len(ok) // 2],
-                     sorted(r["peak_mib"] + workers * r.get("worker_mib", 0) for r in ok)[len(ok) // 2])
-    print("RSS: the training process's peak, plus workers x the largest worker's peak")
-    for kind, (sec, mib) in med.items():
+        med[kind] = tuple(sorted(vals)[len(ok) // 2] for vals in (
+            [r["seconds"] for r in ok], [r["peak_mib"] for r in ok], [r["peak_mib"] + (r["workers_uss_mib"] if workers else 0) for r in ok],
+            [r["peak_mib"] + workers * r.get("worker_mib", 0) for r in ok]))
+        print(f"  {kind}: s/step of each run " + ", ".join(f"{r['seconds']:.3f}" for r in ok))
+    print("memory: RSS, the training process's peak RSS; +workers, that plus the peak of the loader workers' own "
+          "pages (USS: what they do not share with it; the run's whole take from the machine); RSS sum, the peak RSS "
+          "plus workers x the largest worker's peak RSS (shared pages counted once per process: an upper bound)")
+    print(f"{'source':<12} {'s/step':>7} {'ratio':>6} {'RSS MiB':>8} {'ratio':>6} {'+workers':>9} {'ratio':>6} "
+          f"{'RSS sum':>8} {'ratio':>6}")
+    for kind, vals in med.items():
         base = "mid-folder" if kind.startswith("mid-") else "tiny-world"
-        ratio = f"{sec / med[base][0]:.2f}x s, {mib / med[base][1]:.2f}x RSS vs {base}" if base in med else ""
-        print(f"{kind:<12} {sec:>7.3f} s/step {mib:>8.0f} MiB   {ratio}")
+        cells = [f"{v:>{w}.{3 if i == 0 else 0}f} " + (f"{v / med[base][i]:>5.2f}x" if base in med else " " * 6)
+                 for i, (v, w) in enumerate(zip(vals, (7, 8, 9, 8), strict=True))]
+        print(f"{kind:<12} " + " ".join(cells))
 
 
 def child(reader: str, path: Path, args) -> dict:
@@ -202,15 +299,21 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=8.0)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2, help="reads of each kind (A B A B), the median is printed")
-    ap.add_argument("--cache", default="/tmp/t2vturbo-bench-clips")
+    ap.add_argument("--cache", default="/tmp/t2vturbo-bench-clips", help="clips are generated once into CACHE/STYLE")
+    ap.add_argument("--clips", choices=sorted(CLIP_STYLES), default="web", help="the generated clips' content")
     ap.add_argument("--child", nargs=2, metavar=("READER", "PATH"))
     ap.add_argument("--distill", default="", help=f"instead of the read table, distillation s/step of these kinds "
                     f"(comma-separated: {','.join(DISTILL_KINDS)})")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--mid-frames", type=int, default=8)
     ap.add_argument("--mid-size", type=int, default=128)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe override for every distillation row (repeatable), e.g. --set train.num_threads=1")
     ap.add_argument("--distill-child")
     args = ap.parse_args()
+    if not (args.child or args.distill_child):  # the children are given the style's own folder
+        args.cache = str(Path(args.cache) / args.clips)
+        print(f"clips: {args.clips}, {CLIP_STYLES[args.clips]}")
     if args.distill_child:
         print("RESULT " + json.dumps(distill_once(args.distill_child, args)))
         return
@@ -229,7 +332,7 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         for length in [float(x) for x in args.lengths.split(",")]:
             w, h = SIZES[size]
-            path = make_clip(cache / f"{size}p-{length:g}s.mp4", w, h, length)
+            path = make_clip(cache / f"{size}p-{length:g}s.mp4", w, h, length, style=args.clips)
             runs: dict[str, list[dict]] = {"today": [], "window": []}
             for _ in range(args.repeats):
                 for reader in ("today", "window"):

@@ -116,6 +116,10 @@ class DataConfig:
     #: frames are taken at this rate, true speed, from a random window of each clip (None: video.fps), as the
     #: paper's loader does; a clip shorter than the window is taken whole at the rate that fits it
     sample_fps: float | None = None
+    #: where a window starts: "random" (any time, as the paper's loader) or "keyframe" (the keyframe at or before
+    #: a random time: nothing before the window is decoded, about half the decoding; the starts are the clip's
+    #: keyframes, every ~2 s in web video)
+    window_start: Literal["random", "keyframe"] = "random"
 
 
 @dataclass

@@ -144,7 +144,7 @@ class _ClipWindows(torch.utils.data.Dataset):
     def __init__(self, stream: FolderStream):
         self.clips, self.frames, self.height, self.width, self.fps = (stream.clips, stream.frames, stream.height,
                                                                       stream.width, stream.fps)
-        self.seed, self.rank, self.world = stream.seed, stream.rank, stream.world
+        self.seed, self.rank, self.world, self.align = stream.seed, stream.rank, stream.world, stream.align
 
     def locate(self, k: int) -> tuple[Clip, float]:
         """The clip at this rank's position ``k``, and where in [0, 1] of its free range its window starts."""
@@ -161,7 +161,7 @@ class _ClipWindows(torch.utils.data.Dataset):
         clip, where = self.locate(k)
         try:
             window = read_window(clip.path, self.frames, self.fps, self.height, self.width,
-                                 start=lambda latest: where * latest)
+                                 start=lambda latest: where * latest, align=self.align)
         except VideoReadError as err:
             return None, clip.path, None, str(err)
         return window.pixels, clip.caption, window.fps, None
@@ -178,7 +178,12 @@ class _From(torch.utils.data.Sampler):
 
 
 def _one_thread(_worker: int) -> None:
-    torch.set_num_threads(1)  # a decoding worker must not fight the training process for every core
+    """A loader worker computes and decodes on one thread: the workers are the parallelism, and more threads
+    would only take cores from the training process."""
+    from .video import set_decoder_threads
+
+    torch.set_num_threads(1)
+    set_decoder_threads(1)
 
 
 class FolderStream:
@@ -192,12 +197,12 @@ class FolderStream:
 
     def __init__(self, root: str, captions: str | None, frames: int, height: int, width: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, log=print, fps: float = 8.0,
-                 num_workers: int = 0, pin_memory: bool = False):
+                 num_workers: int = 0, pin_memory: bool = False, align: str = "random"):
         root_p = Path(root)
         self.clips = read_caption_table(captions_file(root_p, captions), root_p)
         self.frames, self.height, self.width, self.fps = frames, height, width, float(fps)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers, self.pin_memory, self.align = num_workers, pin_memory, align
         self.position = 0  # clips consumed by this rank
         self.skipped: list[str] = []
         self.batch_fps: list[float] | None = None
@@ -305,11 +310,21 @@ def make_stream(recipe, rank: int = 0, world_size: int = 1, log=print):
 
         return LatentStream(d.path, t.batch_size, t.seed, rank, world_size, log=log, recipe=recipe)
     return FolderStream(d.path, d.captions, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log,
-                        fps=d.sample_fps or v.fps, num_workers=workers, pin_memory=cuda)
+                        fps=d.sample_fps or v.fps, num_workers=workers, pin_memory=cuda, align=d.window_start)
+
+
+def training_threads(workers: int) -> int:
+    """Threads for a CPU training process whose ``workers`` loader processes decode beside it: the cores they leave
+    (at least 1). Measured on 2 cores (bench/data_throughput.py, tiny recipe, web-bitrate 720p / 1080p clips,
+    keyframe windows, s/step over 2-3 runs): 1 worker 1.82-1.98 with this against 1.81-2.44 with two threads, 2
+    workers 2.01-2.03 against 1.96-2.77: the model's OpenMP threads wait at every barrier for the one a worker
+    preempted."""
+    return max(1, torch.get_num_threads() - workers)
 
 
 def default_workers(cuda: bool) -> int:
     """``data.num_workers`` left out: training on a GPU, one decoding process per core beyond the first, at most 4;
-    training on the CPU, none (measured on 2 cores: the model and a decoding worker share them, and a worker made
-    a step from 720p / 1080p clips slower, 2.16 -> 2.60 s)."""
+    training on the CPU, none: decoding in the step with FFmpeg's threads uses every core in turn, while workers
+    and the model fight over them (measured on 2 cores, tiny recipe, 720p / 1080p clips: 0 workers 1.54-1.68 s a
+    step, 1 worker 1.82-1.98, 2 workers 2.01-2.03; bench/data_throughput.py)."""
     return max(0, min(4, (os.cpu_count() or 1) - 1)) if cuda else 0

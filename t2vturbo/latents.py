@@ -55,7 +55,7 @@ def prepare_settings(recipe, windows: int, shard_clips: int) -> dict:
     d, v = recipe.data, recipe.video
     return {"format": FORMAT, "teacher": recipe.model.teacher, "dtype": recipe.model.dtype,
             "frames": v.frames, "height": v.height, "width": v.width, "sample_fps": float(d.sample_fps or v.fps),
-            "windows": windows, "shard_clips": shard_clips, "seed": recipe.train.seed,
+            "window_start": d.window_start, "windows": windows, "shard_clips": shard_clips, "seed": recipe.train.seed,
             "data_path": str(Path(d.path).expanduser().resolve()) if d.path else None, "captions": d.captions}
 
 
@@ -178,7 +178,8 @@ def write_shard(teacher, plan: PreparePlan, shard: int, log=print) -> dict:
             for j in range(s["windows"]):
                 where = window_start(s["seed"], i, j)
                 windows.append((j, read_window(clip.path, s["frames"], s["sample_fps"], s["height"], s["width"],
-                                               start=lambda latest, w=where: w * latest)))
+                                               start=lambda latest, w=where: w * latest,
+                                               align=s.get("window_start", "random"))))
         except VideoReadError as err:
             bad.append({"clip": i, "path": clip.path, "why": str(err)})
             log(f"skipping clip {i} ({clip.path}): {err}")

@@ -6,8 +6,10 @@ Decoding and mp4/webm encoding go through PyAV; GIF and PNG frames through Pillo
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
+import itertools
 import math
 import os
 import re
@@ -25,6 +27,18 @@ from .safeio import atomic_path
 
 #: file suffixes read and written as videos; any other path is a folder of PNG frames
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
+#: how a training window's start is chosen (``data.window_start``): "random", any time; "keyframe", the keyframe
+#: at or before a random time, so nothing before the window is decoded
+WINDOW_STARTS = ("random", "keyframe")
+
+_decoder_threads = 0  # 0: FFmpeg's own choice (frame threads, one per core); 1: decode on the calling thread
+
+
+def set_decoder_threads(threads: int) -> None:
+    """Threads each decoder of this process may use (0: FFmpeg's choice). A loader worker sets 1: the workers are
+    the parallelism, and extra decoder threads would only take cores from the model."""
+    global _decoder_threads
+    _decoder_threads = max(0, int(threads))
 
 
 def write_prompt_sidecar(video: str | os.PathLike, prompt: str) -> Path:
@@ -121,7 +135,12 @@ def _opened(path: Path | BinaryIO, name: str | None = None):
             if not container.streams.video:
                 raise VideoReadError(f"cannot read video {name}: it has no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            if _decoder_threads == 1:
+                stream.thread_type = "NONE"
+                stream.codec_context.thread_count = 1
+            else:
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = _decoder_threads
             yield container, stream
     except VideoReadError:
         raise
@@ -241,7 +260,7 @@ class Window:
 
 def read_window(path: str | os.PathLike | bytes | BinaryIO, frames: int, fps: float, height: int, width: int,
                 start: Callable[[float], float] = lambda latest: 0.0, max_fps: float | None = None,
-                name: str | None = None) -> Window:
+                name: str | None = None, align: str = "random") -> Window:
     """Decode ``frames`` frames at ``fps`` true-speed frames per second, from a start time ``start(latest)`` picks
     in [0, latest], resized (short side) and centre-cropped to ``height`` x ``width``.
 
@@ -249,6 +268,11 @@ def read_window(path: str | os.PathLike | bytes | BinaryIO, frames: int, fps: fl
     motion speed: the frame shown at time t is the last one whose timestamp is <= t. Only the window is decoded
     (a seek to the keyframe before it, decoding stops after it), and only the chosen frames are converted to RGB,
     at the target size, before they become float: memory is bounded by the window, not the file.
+
+    ``align="keyframe"``: the window starts at the keyframe at or before the drawn start instead (still within the
+    clip, since that keyframe is no later), so the frames between that keyframe and the start, which a seek must
+    decode and then throws away, are not decoded at all: about half the decoding for a window as long as the
+    keyframe interval. The starts are then the clip's keyframes (every 2 s or so in web video), not any time.
 
     A clip shorter than the window is taken whole, at the rate that fits its frames into its length ((frames - 1)
     / duration, above ``fps``: its motion is slower than true speed, and the fps-conditioned teacher is told that
@@ -259,6 +283,8 @@ def read_window(path: str | os.PathLike | bytes | BinaryIO, frames: int, fps: fl
     ``path`` may also be the file's bytes or a seekable binary file object (a tar shard's member); ``name`` is
     what the error lines call it (default: the path, or ``video bytes``).
     """
+    if align not in WINDOW_STARTS:
+        raise ValueError(f"align must be one of {', '.join(WINDOW_STARTS)}, not {align!r}")
     if isinstance(path, (bytes, bytearray, memoryview)):
         name = name or "video bytes"
         if not len(path):
@@ -277,7 +303,7 @@ def read_window(path: str | os.PathLike | bytes | BinaryIO, frames: int, fps: fl
         latest = max(0.0, duration - (frames - 1) / rate) if frames > 1 else duration
         t0 = min(max(0.0, float(start(latest))), latest)
         targets = [t0 + k / rate for k in range(frames)]
-        pixels, times = _decode_window(container, stream, targets, height, width)
+        pixels, times = _decode_window(container, stream, targets, height, width, from_keyframe=align == "keyframe")
     return Window(pixels=pixels, fps=rate, times=times, duration=duration)
 
 
@@ -303,9 +329,15 @@ def _duration(container, stream) -> float:
     raise VideoReadError("the file does not say how long it is")
 
 
-def _decode_window(container, stream, targets: list[float], height: int, width: int
+def _decode_window(container, stream, targets: list[float], height: int, width: int, from_keyframe: bool = False
                    ) -> tuple[torch.Tensor, list[float]]:
-    """The frames shown at ``targets`` (seconds from the stream's start), converted at the output size."""
+    """The frames shown at ``targets`` (seconds from the stream's start), converted at the output size;
+    ``from_keyframe``: the targets are moved back to start at the keyframe the seek lands on.
+
+    A frame that is on screen at no target and that no other frame is predicted from (a non-reference B-frame)
+    is not decoded at all: each packet's presentation span [pts, pts + duration) is checked against the targets
+    before it goes to the decoder, which is told to discard it if it is such a frame (FFmpeg's skip_frame NONREF;
+    reference frames are always decoded). A packet without a timestamp or duration is always decoded."""
     tb = stream.time_base
     origin = float(stream.start_time * tb) if stream.start_time is not None else 0.0
     if targets[0] > 0:
@@ -314,7 +346,7 @@ def _decode_window(container, stream, targets: list[float], height: int, width: 
     times: list[float] = []
     shown = None  # (time, frame) of the last decoded frame at or before the next target
     k = 0
-    for frame in container.decode(stream):
+    for frame in _frames_for(container, stream, origin, targets, from_keyframe):
         t = float(frame.pts * tb) - origin if frame.pts is not None else (times[-1] if times else 0.0)
         while k < len(targets) and t > targets[k] + 1e-6:
             pick = shown if shown is not None else (t, frame)  # a target before the first frame: the first
@@ -331,6 +363,58 @@ def _decode_window(container, stream, targets: list[float], height: int, width: 
     if not chosen:
         raise VideoReadError("it holds no frames")
     return _to_tensor(chosen), times
+
+
+#: packets read ahead of decoding to find the frames a window shows (beyond it, every frame is decoded)
+_MAX_AHEAD = 4096
+
+
+def _frames_for(container, stream, origin: float, targets: list[float], from_keyframe: bool):
+    """Decoded frames of ``stream`` from where the container stands, in presentation order, the frames on screen at
+    none of ``targets`` discarded where the decoder can (see :func:`_decode_window`). ``from_keyframe``: the first
+    packet (the keyframe a seek lands on; without timestamps, the first frame) moves ``targets`` (in place) to
+    start there.
+
+    The packets are first read (not decoded) up to the first whose decode time is past the last target: since a
+    frame is never shown before it is decoded, every frame that could be on screen at a target is then known, and
+    the frame shown at each target is the last one whose presentation time is at or before it. A file without
+    timestamps is decoded whole."""
+    tb = stream.time_base
+    packets = container.demux(stream)
+    ahead: list = []
+    exact = True
+    for packet in packets:
+        ahead.append(packet)
+        if packet.pts is None or packet.dts is None or len(ahead) > _MAX_AHEAD:
+            exact = exact and packet.size == 0 and packet.pts is None  # (that is the end: every packet is known)
+            break
+        if from_keyframe:
+            from_keyframe = False
+            _begin_at(targets, float(packet.pts * tb) - origin)
+        if float(packet.dts * tb) - origin > targets[-1] + 1e-6:
+            break
+    needed: set[int] = set()
+    if exact:
+        shown = sorted((float(p.pts * tb) - origin, p.pts) for p in ahead if p.pts is not None)
+        for t in targets:  # a target before the first frame shows the first
+            needed.add(shown[max(0, bisect.bisect_right(shown, (t + 1e-6, math.inf)) - 1)][1] if shown else -1)
+    cc = stream.codec_context
+    skipping = False
+    for packet in itertools.chain(ahead, packets):
+        skip = exact and packet.pts is not None and packet.pts not in needed
+        if skip != skipping:
+            cc.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
+        for frame in packet.decode():
+            if from_keyframe and frame.pts is not None:
+                from_keyframe = False
+                _begin_at(targets, float(frame.pts * tb) - origin)
+            yield frame
+
+
+def _begin_at(targets: list[float], start: float) -> None:
+    """Move ``targets`` (in place, spacing kept) to begin at ``start`` if that is earlier."""
+    if start < targets[0]:
+        targets[:] = [x - (targets[0] - max(0.0, start)) for x in targets]
 
 
 def _fit_frame(frame, height: int, width: int) -> np.ndarray:

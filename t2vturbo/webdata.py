@@ -164,7 +164,7 @@ class _Readers(torch.utils.data.IterableDataset):
     def __init__(self, stream: WebDatasetStream):
         self.urls, self.seed, self.rank, self.world = stream.urls, stream.seed, stream.rank, stream.world
         self.frames, self.height, self.width, self.fps = stream.frames, stream.height, stream.width, stream.fps
-        self.readers = stream.readers
+        self.readers, self.align = stream.readers, stream.align
         self.start = [(e, list(todo)) for e, todo in stream._start]
         self.offset = stream._next_reader
 
@@ -229,7 +229,7 @@ class _Readers(torch.utils.data.IterableDataset):
         name = f"{where}.{ext}"
         try:
             window = read_window(io.BytesIO(sample[ext]), self.frames, self.fps, self.height, self.width,
-                                 start=lambda latest: at * latest, name=name)
+                                 start=lambda latest: at * latest, name=name, align=self.align)
         except VideoReadError as err:
             why = str(err)
             return None, where, None, why if name in why else f"cannot read video {name}: {why}", tag
@@ -258,7 +258,7 @@ class WebDatasetStream:
 
     def __init__(self, path: str, frames: int, height: int, width: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, log=print, fps: float = 8.0, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, align: str = "random"):
         try:
             import webdataset  # noqa: F401
         except ImportError:
@@ -273,7 +273,7 @@ class WebDatasetStream:
                               f"whole shards; run at most {n} processes or split the data into more shards")
         self.frames, self.height, self.width, self.fps = frames, height, width, float(fps)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
-        self.num_workers, self.pin_memory = max(0, int(num_workers)), pin_memory
+        self.num_workers, self.pin_memory, self.align = max(0, int(num_workers)), pin_memory, align
         self.log = log
         self.position = 0
         self.skipped: list[str] = []
@@ -419,4 +419,5 @@ def make_webdataset_stream(recipe, rank: int = 0, world_size: int = 1, log=print
     if d.captions is not None:
         log("data.captions is not read for data.source webdataset: each sample's .txt / .json holds its caption")
     return WebDatasetStream(d.path, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log,
-                            fps=d.sample_fps or v.fps, num_workers=num_workers, pin_memory=pin_memory)
+                            fps=d.sample_fps or v.fps, num_workers=num_workers, pin_memory=pin_memory,
+                            align=d.window_start)

@@ -88,14 +88,14 @@ def test_the_teacher_is_fed_the_rate_each_clip_was_read_at(tmp_path):
     assert sorted(seen[-1].tolist()) == pytest.approx(rates)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_loader_workers_read_the_same_batches_and_resume_exactly(tmp_path, workers):
+@pytest.mark.parametrize("workers,align", [(1, "random"), (2, "random"), (1, "keyframe")])
+def test_loader_workers_read_the_same_batches_and_resume_exactly(tmp_path, workers, align):
     root = folder(tmp_path, {"a": 120, "b": 90, "c": 150, "bad": 0})
     (root / "bad.mp4").write_bytes(b"not a video")  # skipped and counted the same way with workers
 
     def stream(n):
         return FolderStream(str(root), None, 4, 32, 32, batch_size=2, seed=0, fps=8.0, num_workers=n,
-                            log=lambda m: None)
+                            log=lambda m: None, align=align)
 
     plain = stream(0)
     want = [indices(plain.next_batch()[0]) for _ in range(4)]
@@ -107,3 +107,23 @@ def test_loader_workers_read_the_same_batches_and_resume_exactly(tmp_path, worke
     got += [indices(resumed.next_batch()[0]) for _ in range(2)]
     assert got == want
     assert resumed.skipped == plain.skipped and plain.skipped
+
+
+def test_cpu_training_leaves_the_loader_workers_their_cores(tmp_path, monkeypatch):
+    from t2vturbo.config import load_recipe
+    from t2vturbo.distill import Distiller
+
+    root = folder(tmp_path, {"a": 60, "b": 60})
+    base = [f"data.path={root}", "data.source=folder", "model.device=cpu", "sample.prompts=[]"]
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # a 4-core machine
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    for extra, want in ((["data.num_workers=1"], [3]), (["data.num_workers=3"], [1]), (["data.num_workers=6"], [1]),
+                        (["data.num_workers=0"], []), (["data.num_workers=1", "train.num_threads=4"], [4])):
+        calls.clear()
+        logs: list[str] = []
+        recipe = load_recipe(REPO / "recipes" / "tiny.yaml", base + extra)
+        d = Distiller(recipe, tmp_path / f"run-{len(list(tmp_path.iterdir()))}", progress=False, log=logs.append)
+        d.setup()
+        assert calls == want, extra
+        assert any("computes on" in m for m in logs) == (want != [] and "train.num_threads=4" not in extra)

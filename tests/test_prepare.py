@@ -111,6 +111,8 @@ def test_prepare_split_across_processes(clips, prepared, tmp_path):
 def test_prepare_refuses_other_settings_and_other_folders(clips, prepared, tmp_path):
     with pytest.raises(ConfigError, match=r"prepared with windows=2, not 3"):
         L.plan_prepare(recipe(clips), prepared[0], windows=3, shard_clips=2)
+    with pytest.raises(ConfigError, match=r"prepared with window_start='random', not 'keyframe'"):
+        L.plan_prepare(recipe(clips, **{"data.window_start": "keyframe"}), prepared[0], windows=2, shard_clips=2)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="is not a prepared dataset"):

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from t2vturbo import video
 from t2vturbo.errors import VideoReadError
-from t2vturbo.video import read_window
+from t2vturbo.video import read_window, set_decoder_threads
+
+#: x264 made to code 3 B-frames between references, the outer two of them non-reference (b-pyramid), as web video
+B_FRAMES = {"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal:scenecut=0"}
 
 H, W = 48, 64
 
@@ -34,15 +39,17 @@ def decode_index(frame: torch.Tensor) -> int:
     return sum(1 << b for b in range(8) if float(frame[:, int((b + 0.5) * band)].mean()) > 0.5)
 
 
-def write_clip(path, times: list[float]) -> str:
-    """Frame i shown from ``times[i]`` seconds (millisecond timestamps), H.264 in mp4."""
+def write_clip(path, times: list[float], options: dict | None = None) -> str:
+    """Frame i shown from ``times[i]`` seconds (millisecond timestamps), H.264 in mp4 (``options``: more x264
+    options)."""
     import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=1000)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 1000)
-        stream.options = {"crf": "12", "g": "12"}  # a keyframe every 12 frames: seeking has work to do
+        # a keyframe every 12 frames: seeking has work to do
+        stream.options = {"crf": "12", "g": "12", **(options or {})}
         for i, t in enumerate(times):
             frame = av.VideoFrame.from_ndarray(coded(i), format="rgb24")
             frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
@@ -128,3 +135,78 @@ def test_bad_files_are_one_line_errors(tmp_path):
         container.mux(stream.encode())
     with pytest.raises(VideoReadError, match="no video stream"):
         read_window(audio, 16, 8.0, 32, 32)
+
+
+def keyframes(path: str) -> list[float]:
+    """The presentation times of the file's keyframes (from the packets; nothing decoded)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return sorted(float(p.pts * stream.time_base) for p in container.demux(stream)
+                      if p.is_keyframe and p.pts is not None)
+
+
+def test_keyframe_windows_start_at_the_keyframe_before_the_drawn_start(tmp_path):
+    times = [i / 25 for i in range(150)]
+    path = write_clip(tmp_path / "clip.mp4", times)
+    keys = keyframes(path)
+    assert len(keys) >= 5  # g=12: one every 12 frames or sooner
+    for start in (0.0, 0.7, 2.05, 3.9, 5.0):
+        w = read_window(path, 8, 8.0, 32, 32, start=lambda latest, s=start: s, align="keyframe")
+        key = max(k for k in keys if k <= start + 1e-6)
+        assert w.times[0] == pytest.approx(key, abs=1e-3), start
+        assert [decode_index(f) for f in w.pixels] == [shown_at(times, key + k / 8.0) for k in range(8)], start
+    with pytest.raises(ValueError, match="align must be one of random, keyframe"):
+        read_window(path, 8, 8.0, 32, 32, align="middle")
+
+
+def decoded_frames(monkeypatch) -> list[int]:
+    """Every frame the window reader gets from the decoder (its pts), appended as it reads."""
+    seen: list[int] = []
+    inner = video._frames_for
+
+    def counting(*args, **kwargs):
+        for frame in inner(*args, **kwargs):
+            seen.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video, "_frames_for", counting)
+    return seen
+
+
+@pytest.mark.parametrize("align", ["random", "keyframe"])
+@pytest.mark.parametrize("rate", [25.0, 30000 / 1001])
+def test_frames_no_target_shows_are_not_decoded(tmp_path, monkeypatch, align, rate):
+    times = [i / rate for i in range(100)]
+    path = write_clip(tmp_path / "b.mp4", times, B_FRAMES)
+    keys = keyframes(path)
+    starts = (0.3, 1.1, 2.02)
+    seen = decoded_frames(monkeypatch)
+    reads = {}
+    default = video._MAX_AHEAD
+    for ahead in (default, 0):  # 0: no packet is read ahead, so every frame is decoded
+        monkeypatch.setattr(video, "_MAX_AHEAD", ahead)
+        seen.clear()
+        reads[ahead] = [read_window(path, 8, 8.0, 32, 32, start=lambda latest, s=s: s, align=align)
+                        for s in starts], len(seen)
+    (skipping, n_skipping), (whole, n_whole) = reads[default], reads[0]
+    for s, a, b in zip(starts, skipping, whole, strict=True):
+        assert torch.equal(a.pixels, b.pixels) and a.times == b.times
+        begin = s if align == "random" else max(k for k in keys if k <= s + 1e-6)
+        assert [decode_index(f) for f in a.pixels] == [shown_at(times, begin + k / 8.0) for k in range(8)]
+    # 8 fps out of 25-30: about 2 frames in 3 are shown at no target, and half of all are non-reference B-frames
+    assert n_skipping < 0.8 * n_whole, (n_skipping, n_whole)
+
+
+def test_one_decoder_thread_reads_the_same_frames(tmp_path):
+    path = write_clip(tmp_path / "clip.mp4", [i / 25 for i in range(80)])
+    threaded = read_window(path, 8, 8.0, 32, 32, start=lambda latest: 1.0)
+    set_decoder_threads(1)
+    try:
+        with video._opened(Path(path)) as (_, stream):
+            assert stream.codec_context.thread_count == 1
+        single = read_window(path, 8, 8.0, 32, 32, start=lambda latest: 1.0)
+    finally:
+        set_decoder_threads(0)
+    assert torch.equal(threaded.pixels, single.pixels)
