@@ -132,6 +132,7 @@ def plan_prepare(recipe, out: str | Path, windows: int = 1, shard_clips: int = 6
             before = json.loads(existing.read_text())
         except json.JSONDecodeError:
             raise ConfigError(f"{existing} is not JSON; remove the folder {out} or choose another --out") from None
+        before = {"window_start": "random", **before}  # made before data.window_start existed: random starts
         changed = [k for k in settings if before.get(k) != settings[k]]
         if changed:
             k = changed[0]

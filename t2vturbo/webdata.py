@@ -60,15 +60,26 @@ def is_remote(url: str) -> bool:
     return url.startswith(REMOTE_PREFIXES)
 
 
-def shard_urls(path: str) -> list[str]:
-    """``data.path`` -> the shard list, in order (local paths are not checked here: :func:`missing_shards`)."""
+#: a local file with one of these suffixes is a list of shards: a pattern, URL or path a line (relative paths from
+#: the list's folder; empty lines and ``#`` comments skipped)
+SHARD_LIST_SUFFIXES = (".txt", ".list")
+
+
+def shard_urls(path: str, _depth: int = 0) -> list[str]:
+    """``data.path`` -> the shard list, in order (local paths are not checked here: :func:`shard_problem`)."""
     urls: list[str] = []
     for piece in _braceexpand(str(path).strip()):
         if is_remote(piece):
             urls.append(piece)
             continue
         local = Path(piece.removeprefix("file://")).expanduser()
-        if local.is_dir():
+        if local.is_file() and local.suffix in SHARD_LIST_SUFFIXES and _depth == 0:
+            for line in local.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    here = line if is_remote(line) or Path(line).expanduser().is_absolute() else str(local.parent / line)
+                    urls += shard_urls(here, _depth + 1)
+        elif local.is_dir():
             urls += sorted(str(p) for p in local.glob("*.tar"))
         elif any(c in piece for c in "*?["):
             urls += sorted(glob.glob(str(local)))
@@ -82,7 +93,7 @@ def shard_problem(path: str) -> str | None:
     urls = shard_urls(path)
     if not urls:
         return (f"data.path {path} names no .tar shard; give a pattern like shards/{{00000..00099}}.tar, a .tar "
-                "file or a folder of .tar files")
+                "file, a folder of .tar files or a shards.txt listing them")
     missing = [u for u in urls if not is_remote(u) and not Path(u).is_file()]
     if missing:
         return (f"data.path {path}: shard not found: {missing[0]} ({len(missing)} of {len(urls)} missing); fix the "

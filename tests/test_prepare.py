@@ -113,6 +113,14 @@ def test_prepare_refuses_other_settings_and_other_folders(clips, prepared, tmp_p
         L.plan_prepare(recipe(clips), prepared[0], windows=3, shard_clips=2)
     with pytest.raises(ConfigError, match=r"prepared with window_start='random', not 'keyframe'"):
         L.plan_prepare(recipe(clips, **{"data.window_start": "keyframe"}), prepared[0], windows=2, shard_clips=2)
+    import json
+
+    old = tmp_path / "old"  # prepared before data.window_start existed: its windows started anywhere (random)
+    old.mkdir()
+    settings = json.loads((prepared[0] / L.SETTINGS_FILE).read_text())
+    del settings["window_start"]
+    (old / L.SETTINGS_FILE).write_text(json.dumps(settings))
+    assert L.plan_prepare(recipe(clips), old, windows=2, shard_clips=2).settings["window_start"] == "random"
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="is not a prepared dataset"):

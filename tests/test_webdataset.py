@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from conftest import REPO
 from test_read_window import H, W, coded, decode_index
 
 from t2vturbo.errors import ConfigError
-from t2vturbo.webdata import WebDatasetStream, shard_problem
+from t2vturbo.webdata import WebDatasetStream, shard_problem, shard_urls
 
 LENGTH, RATE = 24, 25.0  # frames per clip (0.96 s)
 SHARDS = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # clip numbers in each shard; clip 4's caption is in a .json
@@ -101,6 +102,19 @@ def test_the_same_seed_gives_the_same_batches_and_a_folder_or_one_tar_works(shar
     assert read(stream(shards), 5) == first  # a folder of .tar files: the same sorted list
     one = read(stream(shards / "00001.tar", batch=3), 1)[0][1]
     assert sorted(one) == ["clip 3", "clip 4", "clip 5"]
+
+
+def test_a_list_file_names_the_shards(shards, tmp_path):
+    listing = tmp_path / "shards.txt"  # relative lines from the list's folder, absolute ones, patterns, comments
+    rel = Path("..") / shards.name
+    listing.write_text(f"# train split\n{rel / '00002.tar'}\n\n{shards / '{00000..00001}.tar'}\n")
+    assert shard_urls(str(listing)) == [str(tmp_path / rel / "00002.tar"), str(shards / "00000.tar"),
+                                        str(shards / "00001.tar")]
+    ordered = sorted(read(stream(listing, batch=3), 3)[i][1][j] for i in range(3) for j in range(3))
+    assert ordered == sorted(f"clip {j}" for j in range(9))  # every sample of the three shards, once
+    listing.write_text(f"{shards / '00009.tar'}\n")
+    with pytest.raises(ConfigError, match=r"shard not found: .*00009\.tar \(1 of 1 missing\)"):
+        stream(listing)
 
 
 @pytest.mark.parametrize(("workers", "batch"), [(0, 2), (1, 2), (2, 3)])
