@@ -32,7 +32,7 @@ SIZES = {360: (640, 360), 720: (1280, 720), 1080: (1920, 1080)}
 
 
 CLIP_STYLES = {
-    "web": "a camera panning over a textured scene with a moving disc: H.264 as web video is (B-frames, ~5 Mbit/s "
+    "web": "a camera panning over a textured scene with a moving disc: H.264 as web video is (B-frames, ~4 Mbit/s "
            "at 1080p)",
     "noise": "a brightening gradient over fixed per-pixel noise: all P-frames, ~26 Mbit/s at 1080p (a decoding "
              "stress test, 3-5x the bitrate of web video)",
@@ -175,6 +175,11 @@ def mid_loader(spec, device="cpu", dtype=None, text_table=None):
     return teacher.freeze().to(device=device, dtype=dtype)
 
 
+def prepared_dir(args) -> Path:
+    """Where the mid-size rows' clips are prepared (per shape; ``-vae2``: the proportionate VAE's latents)."""
+    return Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}-vae2"
+
+
 def distill_overrides(kind: str, args, prepared: Path) -> list[str]:
     ov = ["model.device=cpu", f"train.max_steps={args.steps}", "train.checkpoint_every=100000", "sample.prompts=[]",
           *args.set]
@@ -197,7 +202,7 @@ def distill_once(kind: str, args) -> dict:
     from t2vturbo.config import load_recipe
     from t2vturbo.distill import Distiller
 
-    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}-vae2"
+    prepared = prepared_dir(args)
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml", distill_overrides(kind, args, prepared))
     extra = {"load_teacher": mid_loader} if kind.startswith("mid-") else {}
     with tempfile.TemporaryDirectory() as out, WorkerMemory() as workers:
@@ -219,7 +224,7 @@ def prepare_mid(args) -> tuple[Path, float]:
     from t2vturbo.config import load_recipe
     from t2vturbo.latents import INDEX_FILE, prepare_dataset
 
-    prepared = Path(args.cache) / f"prepared-{args.mid_frames}x{args.mid_size}-vae2"
+    prepared = prepared_dir(args)
     if (prepared / INDEX_FILE).is_file():
         return prepared, float("nan")
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml",

@@ -325,6 +325,6 @@ def training_threads(workers: int) -> int:
 def default_workers(cuda: bool) -> int:
     """``data.num_workers`` left out: training on a GPU, one decoding process per core beyond the first, at most 4;
     training on the CPU, none: decoding in the step with FFmpeg's threads uses every core in turn, while workers
-    and the model fight over them (measured on 2 cores, tiny recipe, 720p / 1080p clips: 0 workers 1.54-1.68 s a
-    step, 1 worker 1.82-1.98, 2 workers 2.01-2.03; bench/data_throughput.py)."""
+    and the model fight over them (measured on 2 cores, tiny recipe, web-coded 720p / 1080p clips, keyframe
+    windows: 0 workers 1.62-1.66 s a step, 1 worker 1.93-2.16, 2 workers 2.00-2.22; bench/data_throughput.py)."""
     return max(0, min(4, (os.cpu_count() or 1) - 1)) if cuda else 0

@@ -180,7 +180,7 @@ def write_shard(teacher, plan: PreparePlan, shard: int, log=print) -> dict:
                 where = window_start(s["seed"], i, j)
                 windows.append((j, read_window(clip.path, s["frames"], s["sample_fps"], s["height"], s["width"],
                                                start=lambda latest, w=where: w * latest,
-                                               align=s.get("window_start", "random"))))
+                                               align=s["window_start"])))
         except VideoReadError as err:
             bad.append({"clip": i, "path": clip.path, "why": str(err)})
             log(f"skipping clip {i} ({clip.path}): {err}")

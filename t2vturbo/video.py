@@ -335,9 +335,9 @@ def _decode_window(container, stream, targets: list[float], height: int, width: 
     ``from_keyframe``: the targets are moved back to start at the keyframe the seek lands on.
 
     A frame that is on screen at no target and that no other frame is predicted from (a non-reference B-frame)
-    is not decoded at all: each packet's presentation span [pts, pts + duration) is checked against the targets
-    before it goes to the decoder, which is told to discard it if it is such a frame (FFmpeg's skip_frame NONREF;
-    reference frames are always decoded). A packet without a timestamp or duration is always decoded."""
+    is not decoded at all: the packets are read ahead until every frame a target can show is known, and the
+    decoder is told to discard the others where it can (FFmpeg's skip_frame NONREF; reference frames are always
+    decoded). See :func:`_frames_for`."""
     tb = stream.time_base
     origin = float(stream.start_time * tb) if stream.start_time is not None else 0.0
     if targets[0] > 0:
