@@ -210,3 +210,31 @@ def test_one_decoder_thread_reads_the_same_frames(tmp_path):
     finally:
         set_decoder_threads(0)
     assert torch.equal(threaded.pixels, single.pixels)
+
+
+def test_opening_decodes_nothing_and_reads_what_a_full_probe_reads(tmp_path, monkeypatch):
+    """FFmpeg's stream probe is told not to decode (it decoded the first frames of every clip to learn what the
+    mp4 header says): the same windows, timing and frame counts as with the full probe, mp4 and in memory."""
+    import io
+
+    import av
+
+    path = write_clip(tmp_path / "b.mp4", [i / 25 for i in range(60)], B_FRAMES)
+    with video._opened(Path(path)) as (container, stream):
+        assert stream.codec_context.pix_fmt is None  # no frame decoded yet
+        header = (stream.frames, stream.average_rate, stream.codec_context.width, video._duration(container, stream))
+
+    def reads():
+        data = Path(path).read_bytes()
+        return [read_window(src, 8, 8.0, 32, 32, start=lambda latest: 0.7) for src in (path, io.BytesIO(data))]
+
+    unprobed = reads()
+    monkeypatch.setattr(video, "_open_unprobed", lambda p: av.open(p if hasattr(p, "read") else str(p)))
+    with video._opened(Path(path)) as (container, stream):
+        assert stream.codec_context.pix_fmt == "yuv420p"  # FFmpeg's probe decoded frames
+        assert header == (stream.frames, stream.average_rate, stream.codec_context.width,
+                          video._duration(container, stream))
+    for a, b in zip(unprobed, reads(), strict=True):
+        assert torch.equal(a.pixels, b.pixels) and a.times == b.times and a.duration == b.duration and a.fps == b.fps
+    assert [decode_index(f) for f in unprobed[0].pixels] == [shown_at([i / 25 for i in range(60)], 0.7 + k / 8)
+                                                            for k in range(8)]
