@@ -14,6 +14,8 @@ Clips are generated once into ``--cache``/``--clips`` (360p / 720p / 1080p x 5 s
     python bench/data_throughput.py --sizes 360 --lengths 5 --repeats 1   # a quick look
     python bench/data_throughput.py --distill tiny-world,folder-0,folder-1,folder-2   # s/step from each source
     python bench/data_throughput.py --distill tiny-world,folder-0 --set data.window_start=keyframe   # a recipe key
+    python bench/data_throughput.py --distill tiny-world,folder-1,tiny-world-1   # tiny-world-N: on the threads
+                                                                   # a run with N workers leaves the model
     python bench/data_throughput.py --distill mid-folder,mid-latents    # the mid-size teacher: videos vs prepared
 """
 
@@ -159,7 +161,8 @@ class WorkerMemory:
         self._thread.join()
 
 
-DISTILL_KINDS = ("tiny-world", "folder-0", "folder-1", "folder-2", "mid-folder", "mid-latents")
+DISTILL_KINDS = ("tiny-world", "folder-0", "folder-1", "folder-2", "tiny-world-1", "tiny-world-2", "mid-folder",
+                 "mid-latents")
 
 
 def mid_loader(spec, device="cpu", dtype=None, text_table=None):
@@ -183,7 +186,11 @@ def prepared_dir(args) -> Path:
 def distill_overrides(kind: str, args, prepared: Path) -> list[str]:
     ov = ["model.device=cpu", f"train.max_steps={args.steps}", "train.checkpoint_every=100000", "sample.prompts=[]",
           *args.set]
-    if kind.startswith("folder-"):
+    if kind.startswith("tiny-world-"):  # the tiny world on the threads a CPU run with N loader workers computes on
+        from t2vturbo.data import training_threads
+
+        ov += [f"train.num_threads={training_threads(int(kind.split('-')[2]))}"]
+    elif kind.startswith("folder-"):
         ov += ["data.source=folder", f"data.path={args.cache}", f"data.num_workers={kind.split('-')[1]}"]
     elif kind.startswith("mid-"):
         ov += [f"video.frames={args.mid_frames}", f"video.height={args.mid_size}", f"video.width={args.mid_size}",
@@ -208,6 +215,18 @@ def distill_once(kind: str, args) -> dict:
     with tempfile.TemporaryDirectory() as out, WorkerMemory() as workers:
         d = Distiller(recipe, out, progress=False, log=lambda m: None, **extra)
         d.setup()
+        spent: list[tuple[int, float]] = []  # (step, seconds) in reading a batch and encoding it: what latents skip
+        if kind == "mid-folder":
+            def timed(fn):
+                def run(*a, **k):
+                    t0 = time.perf_counter()
+                    result = fn(*a, **k)
+                    spent.append((d.step, time.perf_counter() - t0))
+                    return result
+                return run
+
+            d.stream.next_batch = timed(d.stream.next_batch)
+            d.teacher.encode_video, d.teacher.encode_text = timed(d.teacher.encode_video), timed(d.teacher.encode_text)
         d.train()
         rows = [json.loads(line) for line in d.folder.metrics.read_text().splitlines()]
         d.stream.__dict__.pop("_items", None)  # the loader's workers stop and are joined: their peak is counted
@@ -215,7 +234,9 @@ def distill_once(kind: str, args) -> dict:
 
         gc.collect()
     seconds = [r["seconds"] for r in rows[2:]] or [r["seconds"] for r in rows]
-    return {"seconds": statistics.median(seconds), "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    first = rows[0]["step"] + (len(rows) - len(seconds)) - 1  # the step index of the first timed row
+    input_share = sum(t for s, t in spent if s >= first) / sum(seconds) if spent else None
+    return {"seconds": statistics.median(seconds), "input_share": input_share, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "workers_uss_mib": workers.peak_mib}
 
 
@@ -284,6 +305,14 @@ def distill_table(args) -> None:
         cells = [f"{v:>{w}.{3 if i == 0 else 0}f} " + (f"{v / med[base][i]:>5.2f}x" if base in med else " " * 6)
                  for i, (v, w) in enumerate(zip(vals, (7, 8, 9, 8), strict=True))]
         print(f"{kind:<12} " + " ".join(cells))
+    shares = [r["input_share"] for r in runs.get("mid-folder", []) if r.get("input_share") is not None]
+    if shares:
+        print(f"mid-folder: reading, encoding the clips and the captions {min(shares):.1%}-{max(shares):.1%} of its "
+              "step time: what prepared latents skip (a latents step is at best 1 minus that)")
+    same = [(f"folder-{n}", f"tiny-world-{n}") for n in (1, 2) if f"folder-{n}" in med and f"tiny-world-{n}" in med]
+    if same:  # what decoding in workers costs beyond the cores it takes from the model
+        print("with workers vs the tiny world on the same training threads: " + ", ".join(
+            f"{a} {med[a][0] / med[b][0]:.2f}x" for a, b in same))
 
 
 def child(reader: str, path: Path, args) -> dict:

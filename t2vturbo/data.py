@@ -81,16 +81,49 @@ def read_caption_table(path: Path, root: Path, limit: int | None = None) -> list
     return rows
 
 
-def captions_file(root: Path, captions: str | None) -> Path:
-    """``data.captions``, or else the captions.csv / .jsonl / .tsv in the data folder ``root``."""
+def captions_file(root: Path, captions: str | None) -> Path | None:
+    """``data.captions``, or else the captions.csv / .jsonl / .tsv in the data folder ``root``; None if neither."""
     if captions is not None:
         return Path(captions)
     from .recipe_checks import CAPTION_FILES
 
-    found = [root / n for n in CAPTION_FILES if (root / n).is_file()]
-    if not found:
-        raise ConfigError(f"data.captions not set and {root} has no captions.csv / captions.jsonl")
-    return found[0]
+    return next((root / n for n in CAPTION_FILES if (root / n).is_file()), None)
+
+
+def caption_sidecars(root: Path):
+    """(video, its caption sidecar) under ``root``, every folder down, in path order: ``NAME.txt`` beside
+    ``NAME.mp4`` (video2dataset's ``files`` output, and what ``t2vturbo sample`` writes); videos without one are
+    yielded with None."""
+    from .video import VIDEO_SUFFIXES
+
+    for video in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
+        side = video.with_suffix(".txt")
+        yield video, (side if side.is_file() else None)
+
+
+def folder_clips(root: Path, captions: str | None, limit: int | None = None, log=None) -> list[Clip]:
+    """A folder's clips: from ``data.captions`` or the folder's captions table, else from each video's caption
+    sidecar (videos without one are left out, and counted in ``log``). One line if there are none."""
+    table = captions_file(root, captions)
+    if table is not None:
+        return read_caption_table(table, root, limit)
+    clips, uncaptioned = [], 0
+    for video, side in caption_sidecars(root):
+        caption = side.read_text(encoding="utf-8", errors="replace").strip() if side else ""
+        if caption:
+            clips.append(Clip(str(video), caption))
+            if limit is not None and len(clips) >= limit:
+                break
+        else:
+            uncaptioned += 1
+    if not clips:
+        raise ConfigError(f"data.captions not set and {root} has no captions.csv / .jsonl / .tsv and no video with a "
+                          "caption beside it (NAME.txt next to NAME.mp4): add a table (columns path, caption), set "
+                          "data.captions=FILE, or write the sidecars")
+    if uncaptioned and log is not None:
+        log(f"{uncaptioned} video(s) under {root} have no caption (NAME.txt beside NAME.mp4, empty or missing) and are "
+            "left out")
+    return clips
 
 
 def example_caption(recipe) -> str | None:
@@ -104,7 +137,7 @@ def example_caption(recipe) -> str | None:
         return None
     try:
         root = Path(recipe.data.path).expanduser()
-        rows = read_caption_table(captions_file(root, recipe.data.captions), root, limit=1)
+        rows = folder_clips(root, recipe.data.captions, limit=1)
     except (ConfigError, OSError, UnicodeDecodeError, csv.Error):
         return None
     caption = " ".join(rows[0].caption.split())
@@ -199,7 +232,7 @@ class FolderStream:
                  seed: int = 0, rank: int = 0, world_size: int = 1, log=print, fps: float = 8.0,
                  num_workers: int = 0, pin_memory: bool = False, align: str = "random"):
         root_p = Path(root)
-        self.clips = read_caption_table(captions_file(root_p, captions), root_p)
+        self.clips = folder_clips(root_p, captions, log=log)
         self.frames, self.height, self.width, self.fps = frames, height, width, float(fps)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.num_workers, self.pin_memory, self.align = num_workers, pin_memory, align

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .data import Clip, Encoded, captions_file, mix_seed, read_caption_table
+from .data import Clip, Encoded, folder_clips, mix_seed
 from .errors import ConfigError, VideoReadError
 
 FORMAT = "t2vturbo-latents/1"
@@ -123,7 +123,7 @@ def plan_prepare(recipe, out: str | Path, windows: int = 1, shard_clips: int = 6
     if windows < 1 or shard_clips < 1:
         raise ConfigError(f"--windows and --shard-clips must be at least 1 (got {windows}, {shard_clips})")
     root = Path(d.path).expanduser()
-    clips = read_caption_table(captions_file(root, d.captions), root)
+    clips = folder_clips(root, d.captions)
     out = Path(out)
     settings = prepare_settings(recipe, windows, shard_clips)
     existing = out / SETTINGS_FILE

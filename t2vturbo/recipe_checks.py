@@ -159,7 +159,7 @@ def check_values(recipe: Any) -> None:
     if data.source == "tiny-world":
         return
     if not data.path:
-        what = {"folder": f"FOLDER (its videos and a {' / '.join(CAPTION_FILES)})",
+        what = {"folder": f"FOLDER (its videos and a {' / '.join(CAPTION_FILES)}, or NAME.txt captions)",
                 "webdataset": "'shards/{00000..00099}.tar' (tar shards of mp4 + txt/json)",
                 "latents": "DIR (a dataset written by `t2vturbo prepare RECIPE --out DIR`)"}[data.source]
         raise ConfigError(f"data.path is required when data.source is '{data.source}': set data.path={what}")
@@ -190,8 +190,13 @@ def missing_files(recipe: Any) -> list[str]:
             if not Path(data.captions).expanduser().is_file():
                 problems.append(f"data.captions: file not found: {data.captions}")
         elif root.is_dir() and not any((root / name).is_file() for name in CAPTION_FILES):
-            problems.append(f"data.path {data.path} has no {', '.join(CAPTION_FILES[:-1])} or {CAPTION_FILES[-1]}; "
-                            "add one (columns path, caption) or set data.captions=FILE")
+            from .data import caption_sidecars
+
+            if not any(side for _, side in caption_sidecars(root)):
+                problems.append(f"data.path {data.path} has no {', '.join(CAPTION_FILES[:-1])} or "
+                                f"{CAPTION_FILES[-1]} and no video with a caption beside it (NAME.txt next to "
+                                "NAME.mp4); add a table (columns path, caption), set data.captions=FILE, or write "
+                                "the sidecars")
     if data.source == "webdataset" and data.path:
         from .webdata import shard_problem
 

@@ -127,3 +127,33 @@ def test_cpu_training_leaves_the_loader_workers_their_cores(tmp_path, monkeypatc
         d.setup()
         assert calls == want, extra
         assert any("computes on" in m for m in logs) == (want != [] and "train.num_threads=4" not in extra)
+
+
+def test_a_folder_without_a_table_takes_each_videos_caption_sidecar(tmp_path):
+    """video2dataset's ``files`` output (and what ``t2vturbo sample`` writes): NAME.txt beside NAME.mp4, in
+    subfolders; a video without a caption is left out and counted, none at all is one line."""
+    from t2vturbo.config import load_recipe
+    from t2vturbo.data import example_caption
+
+    root = tmp_path / "v2d"
+    for rel, n in (("00000/000000000", 150), ("00000/000000001", 120), ("00001/000000002", 90)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(root / f"{rel}.mp4", [i / 25 for i in range(n)])
+    (root / "00000" / "000000000.txt").write_text("a red kite over a field\n")
+    (root / "00001" / "000000002.txt").write_text("  waves breaking on rocks \n")
+    (root / "00000" / "000000001.txt").write_text("\n")  # empty: no caption
+    logged = []
+    stream = FolderStream(str(root), None, 4, 32, 32, batch_size=2, seed=0, fps=8.0, log=logged.append)
+    assert [(c.path, c.caption) for c in stream.clips] == [
+        (str(root / "00000" / "000000000.mp4"), "a red kite over a field"),
+        (str(root / "00001" / "000000002.mp4"), "waves breaking on rocks")]
+    assert any(m.startswith("1 video(s) under") and "left out" in m for m in logged)
+    pixels, captions = stream.next_batch()
+    assert pixels.shape == (2, 4, 3, 32, 32)
+    assert sorted(captions) == ["a red kite over a field", "waves breaking on rocks"]
+    recipe = load_recipe(REPO / "recipes" / "tiny.yaml", ["data.source=folder", f"data.path={root}"], check=False)
+    assert example_caption(recipe) == "a red kite over a field"
+    for side in root.rglob("*.txt"):
+        side.unlink()
+    with pytest.raises(ConfigError, match="no video with a caption beside it"):
+        FolderStream(str(root), None, 4, 32, 32, batch_size=2, log=lambda m: None)

@@ -122,6 +122,14 @@ def test_dry_run_files_report_a_folder_without_captions(tmp_path):
     assert missing_files(_folder_recipe(tmp_path)) == []
 
 
+def test_a_folder_of_videos_with_caption_sidecars_needs_no_table(tmp_path):
+    (tmp_path / "00000").mkdir()
+    (tmp_path / "00000" / "000000001.mp4").write_bytes(b"")  # video2dataset's files output
+    assert "no video with a caption beside it" in missing_files(_folder_recipe(tmp_path))[0]
+    (tmp_path / "00000" / "000000001.txt").write_text("a dog running on a beach\n")
+    assert missing_files(_folder_recipe(tmp_path)) == []
+
+
 def test_dry_run_files_report_every_missing_file_by_key(tmp_path):
     r = _folder_recipe(tmp_path / "nope", f"data.captions={tmp_path / 'c.csv'}", "model.teacher=./no/model",
                        "rewards=[{name: hpsv2, checkpoint: /no/such.pt}]")
