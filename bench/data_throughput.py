@@ -14,8 +14,8 @@ Clips are generated once into ``--cache``/``--clips`` (360p / 720p / 1080p x 5 s
     python bench/data_throughput.py --sizes 360 --lengths 5 --repeats 1   # a quick look
     python bench/data_throughput.py --distill tiny-world,folder-0,folder-1,folder-2   # s/step from each source
     python bench/data_throughput.py --distill tiny-world,folder-0 --set data.window_start=keyframe   # a recipe key
-    python bench/data_throughput.py --distill tiny-world,folder-1,tiny-world-1   # tiny-world-N: on the threads
-                                                                   # a run with N workers leaves the model
+    python bench/data_throughput.py --distill tiny-world,folder-1,tiny-world-1   # tiny-world-N: the model on N
+                                                                   # fewer threads (what busy workers would cost)
     python bench/data_throughput.py --distill mid-folder,mid-latents    # the mid-size teacher: videos vs prepared
 """
 
@@ -139,9 +139,10 @@ class WorkerMemory:
     workers): what they hold beyond the pages they share with the training process (a forked worker's untouched
     copy-on-write pages, the libraries). Its peak is ``peak_mib``; added to the training process's peak RSS it is
     what the run takes from the machine. Only the workers are read: reading a process's smaps stalls its page
-    faults, and sampling the training process itself slowed the tiny step by a third."""
+    faults, and sampling the training process itself slowed the tiny step by a third. A sample of a worker costs
+    ~8 ms of CPU (its smaps_rollup), so every 0.5 s: every 0.1 s took 8% of a core from the rows with workers."""
 
-    def __init__(self, every: float = 0.1):
+    def __init__(self, every: float = 0.5):
         import threading
 
         self.every, self.peak_mib, self._stop = every, 0.0, threading.Event()
@@ -186,10 +187,10 @@ def prepared_dir(args) -> Path:
 def distill_overrides(kind: str, args, prepared: Path) -> list[str]:
     ov = ["model.device=cpu", f"train.max_steps={args.steps}", "train.checkpoint_every=100000", "sample.prompts=[]",
           *args.set]
-    if kind.startswith("tiny-world-"):  # the tiny world on the threads a CPU run with N loader workers computes on
-        from t2vturbo.data import training_threads
+    if kind.startswith("tiny-world-"):  # the tiny world with N of its threads given up (to N busy loader workers)
+        import torch
 
-        ov += [f"train.num_threads={training_threads(int(kind.split('-')[2]))}"]
+        ov += [f"train.num_threads={max(1, torch.get_num_threads() - int(kind.split('-')[2]))}"]
     elif kind.startswith("folder-"):
         ov += ["data.source=folder", f"data.path={args.cache}", f"data.num_workers={kind.split('-')[1]}"]
     elif kind.startswith("mid-"):
@@ -216,7 +217,7 @@ def distill_once(kind: str, args) -> dict:
         d = Distiller(recipe, out, progress=False, log=lambda m: None, **extra)
         d.setup()
         spent: list[tuple[int, float]] = []  # (step, seconds) in reading a batch and encoding it: what latents skip
-        if kind == "mid-folder":
+        if kind == "mid-folder" or kind.startswith("folder-"):
             def timed(fn):
                 def run(*a, **k):
                     t0 = time.perf_counter()
@@ -225,8 +226,10 @@ def distill_once(kind: str, args) -> dict:
                     return result
                 return run
 
-            d.stream.next_batch = timed(d.stream.next_batch)
-            d.teacher.encode_video, d.teacher.encode_text = timed(d.teacher.encode_video), timed(d.teacher.encode_text)
+            d.stream.next_batch = timed(d.stream.next_batch)  # folder-N: reading, or waiting for the workers
+            if kind == "mid-folder":
+                d.teacher.encode_video = timed(d.teacher.encode_video)
+                d.teacher.encode_text = timed(d.teacher.encode_text)
         d.train()
         rows = [json.loads(line) for line in d.folder.metrics.read_text().splitlines()]
         d.stream.__dict__.pop("_items", None)  # the loader's workers stop and are joined: their peak is counted
@@ -309,10 +312,11 @@ def distill_table(args) -> None:
     if shares:
         print(f"mid-folder: reading, encoding the clips and the captions {min(shares):.1%}-{max(shares):.1%} of its "
               "step time: what prepared latents skip (a latents step is at best 1 minus that)")
-    same = [(f"folder-{n}", f"tiny-world-{n}") for n in (1, 2) if f"folder-{n}" in med and f"tiny-world-{n}" in med]
-    if same:  # what decoding in workers costs beyond the cores it takes from the model
-        print("with workers vs the tiny world on the same training threads: " + ", ".join(
-            f"{a} {med[a][0] / med[b][0]:.2f}x" for a, b in same))
+    for kind in (k for k in runs if k.startswith("folder-")):
+        waits = [r["input_share"] for r in runs[kind] if r.get("input_share") is not None]
+        if waits:
+            print(f"{kind}: the step waits for its batch (reading it, or for the workers) {min(waits):.1%}-"
+                  f"{max(waits):.1%} of its time")
 
 
 def child(reader: str, path: Path, args) -> dict:

@@ -7,6 +7,7 @@ a resumed run reads exactly what the uninterrupted run would have read.
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import os
@@ -210,13 +211,38 @@ class _From(torch.utils.data.Sampler):
         return itertools.count(self.start)
 
 
-def _one_thread(_worker: int) -> None:
-    """A loader worker computes and decodes on one thread: the workers are the parallelism, and more threads
-    would only take cores from the training process."""
+def _loader_worker(idle: bool, _worker: int) -> None:
+    """A loader worker's setup. Its own torch ops run on one thread. ``idle`` (training on the CPU, where the
+    workers share the cores with the model): the worker runs at idle priority (Linux ``SCHED_IDLE``, elsewhere nice
+    19), so it never takes a core from the model, and decodes with FFmpeg's threads on the cycles the model leaves.
+    Otherwise (beside a GPU step) it decodes on one thread: the workers are the parallelism."""
     from .video import set_decoder_threads
 
     torch.set_num_threads(1)
-    set_decoder_threads(1)
+    if idle:
+        lower_priority()
+    set_decoder_threads(0 if idle else 1)
+
+
+def worker_init(idle: bool):
+    """The DataLoader ``worker_init_fn`` of a stream whose workers run beside a CPU model (``idle``) or a GPU one."""
+    return functools.partial(_loader_worker, idle)
+
+
+def lower_priority() -> str:
+    """This thread (and the threads it starts later) at the lowest CPU priority: Linux ``SCHED_IDLE`` (runs only
+    on cycles no other thread wants), else nice 19. Returns which it got."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:
+            pass
+    try:
+        os.nice(19 - os.nice(0))
+    except OSError:
+        return "unchanged"
+    return "nice 19"
 
 
 class FolderStream:
@@ -226,16 +252,18 @@ class FolderStream:
     batch was read at (a short clip's is higher): what an fps-conditioned teacher is fed.
 
     With ``num_workers`` > 0 the clips are read ahead by a torch DataLoader's worker processes, in position order:
-    the batches are the same as with none, and a resumed stream starts its loader at the saved position."""
+    the batches are the same as with none, and a resumed stream starts its loader at the saved position.
+    ``idle_workers``: the workers share the CPU with the model, so they run at idle priority (:func:`worker_init`)."""
 
     def __init__(self, root: str, captions: str | None, frames: int, height: int, width: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, log=print, fps: float = 8.0,
-                 num_workers: int = 0, pin_memory: bool = False, align: str = "random"):
+                 num_workers: int = 0, pin_memory: bool = False, align: str = "random", idle_workers: bool = False):
         root_p = Path(root)
         self.clips = folder_clips(root_p, captions, log=log)
         self.frames, self.height, self.width, self.fps = frames, height, width, float(fps)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.num_workers, self.pin_memory, self.align = num_workers, pin_memory, align
+        self.idle_workers = idle_workers
         self.position = 0  # clips consumed by this rank
         self.skipped: list[str] = []
         self.batch_fps: list[float] | None = None
@@ -249,7 +277,8 @@ class FolderStream:
         if self._items is None:
             loader = torch.utils.data.DataLoader(
                 self._windows, sampler=_From(self.position), batch_size=None, num_workers=self.num_workers,
-                prefetch_factor=max(2, self.batch_size), pin_memory=self.pin_memory, worker_init_fn=_one_thread)
+                prefetch_factor=max(2, self.batch_size), pin_memory=self.pin_memory,
+                worker_init_fn=worker_init(self.idle_workers))
             self._items = iter(loader)
         return next(self._items)
 
@@ -337,22 +366,15 @@ def make_stream(recipe, rank: int = 0, world_size: int = 1, log=print):
     if d.source == "webdataset":
         from .webdata import make_webdataset_stream
 
-        return make_webdataset_stream(recipe, rank, world_size, log, num_workers=workers, pin_memory=cuda)
+        return make_webdataset_stream(recipe, rank, world_size, log, num_workers=workers, pin_memory=cuda,
+                                      idle_workers=not cuda)
     if d.source == "latents":
         from .latents import LatentStream
 
         return LatentStream(d.path, t.batch_size, t.seed, rank, world_size, log=log, recipe=recipe)
     return FolderStream(d.path, d.captions, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log,
-                        fps=d.sample_fps or v.fps, num_workers=workers, pin_memory=cuda, align=d.window_start)
-
-
-def training_threads(workers: int) -> int:
-    """Threads for a CPU training process whose ``workers`` loader processes decode beside it: the cores they leave
-    (at least 1). Measured on 2 cores (bench/data_throughput.py, tiny recipe, web-bitrate 720p / 1080p clips,
-    keyframe windows, s/step over 2-3 runs): 1 worker 1.82-1.98 with this against 1.81-2.44 with two threads, 2
-    workers 2.01-2.03 against 1.96-2.77: the model's OpenMP threads wait at every barrier for the one a worker
-    preempted."""
-    return max(1, torch.get_num_threads() - workers)
+                        fps=d.sample_fps or v.fps, num_workers=workers, pin_memory=cuda, align=d.window_start,
+                        idle_workers=not cuda)
 
 
 def default_workers(cuda: bool) -> int:

@@ -79,13 +79,9 @@ class Distiller:
             self.folder.prepare(r, self.resume, self.explicit)
         self.acc.wait_for_everyone()
         self.stream = self.make_stream(r, self.rank, self.world, log=self.log)
-        workers = getattr(self.stream, "num_workers", 0)
-        if workers and self.device.type == "cpu" and not r.train.num_threads:
-            threads = _data.training_threads(workers)
-            if threads < torch.get_num_threads():
-                torch.set_num_threads(threads)
-                self.log(f"data: {workers} loader worker(s) decode beside the step, so it computes on {threads} "
-                         "thread(s) (set train.num_threads to choose)")
+        if getattr(self.stream, "num_workers", 0) and getattr(self.stream, "idle_workers", False):
+            self.log(f"data: {self.stream.num_workers} loader worker(s) decode at idle priority, on the CPU cycles "
+                     "the step leaves (data.num_workers: 0, decoding in the step, is faster on a CPU-only machine)")
         self.teacher = self.build_student()
         self.rewards = self.build_rewards()
         self.sharded = r.train.parallel == "fsdp"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .data import _one_thread, mix_seed
+from .data import mix_seed, worker_init
 from .errors import ConfigError, VideoReadError
 
 #: a sample's video is its first member with one of these extensions
@@ -269,7 +269,7 @@ class WebDatasetStream:
 
     def __init__(self, path: str, frames: int, height: int, width: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, log=print, fps: float = 8.0, num_workers: int = 0,
-                 pin_memory: bool = False, align: str = "random"):
+                 pin_memory: bool = False, align: str = "random", idle_workers: bool = False):
         try:
             import webdataset  # noqa: F401
         except ImportError:
@@ -285,6 +285,7 @@ class WebDatasetStream:
         self.frames, self.height, self.width, self.fps = frames, height, width, float(fps)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.num_workers, self.pin_memory, self.align = max(0, int(num_workers)), pin_memory, align
+        self.idle_workers = idle_workers  # beside a CPU model: the workers run at idle priority (data.worker_init)
         self.log = log
         self.position = 0
         self.skipped: list[str] = []
@@ -324,7 +325,7 @@ class WebDatasetStream:
             else:
                 loader = torch.utils.data.DataLoader(
                     readers, batch_size=None, num_workers=processes, prefetch_factor=max(2, self.batch_size),
-                    pin_memory=self.pin_memory, worker_init_fn=_one_thread)
+                    pin_memory=self.pin_memory, worker_init_fn=worker_init(self.idle_workers))
                 self._items = iter(loader)
         return next(self._items)
 
@@ -425,10 +426,10 @@ class WebDatasetStream:
 
 
 def make_webdataset_stream(recipe, rank: int = 0, world_size: int = 1, log=print, num_workers: int = 0,
-                           pin_memory: bool = False) -> WebDatasetStream:
+                           pin_memory: bool = False, idle_workers: bool = False) -> WebDatasetStream:
     d, v, t = recipe.data, recipe.video, recipe.train
     if d.captions is not None:
         log("data.captions is not read for data.source webdataset: each sample's .txt / .json holds its caption")
     return WebDatasetStream(d.path, v.frames, v.height, v.width, t.batch_size, t.seed, rank, world_size, log,
                             fps=d.sample_fps or v.fps, num_workers=num_workers, pin_memory=pin_memory,
-                            align=d.window_start)
+                            align=d.window_start, idle_workers=idle_workers)
