@@ -379,7 +379,7 @@ def make_stream(recipe, rank: int = 0, world_size: int = 1, log=print):
 
 def default_workers(cuda: bool) -> int:
     """``data.num_workers`` left out: training on a GPU, one decoding process per core beyond the first, at most 4;
-    training on the CPU, none: decoding in the step with FFmpeg's threads uses every core in turn, while workers
-    and the model fight over them (measured on 2 cores, tiny recipe, web-coded 720p / 1080p clips, keyframe
-    windows: 0 workers 1.62-1.66 s a step, 1 worker 1.93-2.16, 2 workers 2.00-2.22; bench/data_throughput.py)."""
+    training on the CPU, none: decoding in the step with FFmpeg's threads is as fast as idle-priority workers there
+    (measured on 2 cores, tiny recipe, web-coded 720p / 1080p clips, keyframe windows, 5 runs each: 0 workers 1.14x
+    the tiny world's s/step, 1 worker 1.18x, 2 workers 1.22x; bench/data_throughput.py), without their memory."""
     return max(0, min(4, (os.cpu_count() or 1) - 1)) if cuda else 0
