@@ -229,20 +229,19 @@ def worker_init(idle: bool):
     return functools.partial(_loader_worker, idle)
 
 
-def lower_priority() -> str:
+def lower_priority() -> None:
     """This thread (and the threads it starts later) at the lowest CPU priority: Linux ``SCHED_IDLE`` (runs only
-    on cycles no other thread wants), else nice 19. Returns which it got."""
+    on cycles no other thread wants), else (or where that is refused) nice 19; unchanged where neither is allowed."""
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            return "SCHED_IDLE"
+            return
         except OSError:
             pass
     try:
         os.nice(19 - os.nice(0))
     except OSError:
-        return "unchanged"
-    return "nice 19"
+        pass
 
 
 class FolderStream:

@@ -81,7 +81,8 @@ class Distiller:
         self.stream = self.make_stream(r, self.rank, self.world, log=self.log)
         if getattr(self.stream, "num_workers", 0) and getattr(self.stream, "idle_workers", False):
             self.log(f"data: {self.stream.num_workers} loader worker(s) decode at idle priority, on the CPU cycles "
-                     "the step leaves (data.num_workers: 0, decoding in the step, is faster on a CPU-only machine)")
+                     "the step leaves (data.num_workers: 0, decoding in the step, is as fast on a CPU-only machine and holds "
+                     "no worker memory)")
         self.teacher = self.build_student()
         self.rewards = self.build_rewards()
         self.sharded = r.train.parallel == "fsdp"
